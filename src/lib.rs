@@ -1,0 +1,26 @@
+//! pyrycode-relay: a WebSocket relay between the `pyry` daemon (one
+//! "binary" per server-id) and its phones, routing frames by a small JSON
+//! envelope without ever reading the end-to-end encrypted frames inside.
+//!
+//! The wire contract is `SPEC.md` (shared with the project); the shape of
+//! the code is in `docs/ARCHITECTURE.md`. In short: one [`Relay`] owns a
+//! `mio` poll loop, every socket, the [`registry`] of server-ids and one
+//! [`timer`] wheel, and takes its time from a [`clock`] it is given.
+
+pub mod buffer;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod registry;
+mod relay;
+pub mod timer;
+pub mod transport;
+pub mod ws;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+pub use relay::{Relay, Stats};

@@ -1,0 +1,76 @@
+//! The `pyrycode-relay` executable: flags, logging, signals, exit codes
+//! (SPEC §9: 0 after a graceful shutdown, 1 when a listener fails, 2 for a
+//! bad flag or configuration).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info};
+use pyrycode_relay::cli::{normalize_args, Args};
+use pyrycode_relay::{Relay, SystemClock};
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(args) => args,
+        Err(err) => err.exit(),
+    };
+    let settings = match args.into_settings() {
+        Ok(settings) => settings,
+        Err(reason) => {
+            eprintln!("pyrycode-relay: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(settings.log_level)
+        .with_utc_timestamps()
+        .init();
+    for (name, meaning) in [
+        (
+            "PYRYCODE_RELAY_FCM_CREDENTIALS",
+            "push is not built yet: push_wake envelopes are dropped",
+        ),
+        ("PYRYCODE_RELAY_PRODUCTION", "noted; TLS is not built yet"),
+        (
+            "PYRYCODE_RELAY_SINGLE_INSTANCE",
+            "noted; every relay process is a single instance",
+        ),
+    ] {
+        if std::env::var_os(name).is_some() {
+            info!("environment name={name} note={meaning:?}");
+        }
+    }
+    let listen = settings.config.listen;
+    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
+        Ok(relay) => relay,
+        Err(err) => {
+            error!("listen_failed addr={listen} error={err}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(addr) = settings.metrics_listen {
+        if let Err(err) = relay.listen_metrics(addr) {
+            error!("listen_failed addr={addr} error={err}");
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(err) = relay.handle_signals() {
+        error!("signals_failed error={err}");
+        return ExitCode::from(1);
+    }
+    info!(
+        "listening addr={} version={}",
+        relay.local_addr(),
+        env!("CARGO_PKG_VERSION")
+    );
+    match relay.run() {
+        Ok(()) => {
+            info!("shutdown_complete");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            error!("loop_failed error={err}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The server-id registry (SPEC §4): who holds each server-id, which phones
+//! hang off it, and the grace window after the holder leaves.
+//!
+//! This is bookkeeping only. Each method changes the state and returns what
+//! the caller must now do to sockets (close these phones, probe that
+//! holder); the relay loop does the I/O.
+//!
+//! ```text
+//!            claim                 holder leaves            timer fires
+//!  (none) ─────────▶ Held ───────────────────────▶ Grace ────────────────▶ (none)
+//!                     │ ▲   ◀──── reclaim (phones closed 4404) ──┘   phones closed 4404 "binary gone"
+//!          2nd claim  │ │ holder answers (challenger 4409)
+//!                     ▼ │ or challenger leaves
+//!                   Probing ──── probe times out: challenger takes over ───▶ Held
+//! ```
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A connection's index in the relay's slab.
+pub type ConnKey = usize;
+
+/// Who holds a server-id right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// A binary is connected and serving.
+    Held { binary: ConnKey },
+    /// A second binary claimed the id; the holder is being pinged.
+    Probing {
+        binary: ConnKey,
+        challenger: ConnKey,
+    },
+    /// The binary left; the id is reserved until the grace timer of this
+    /// generation fires.
+    Grace,
+}
+
+/// One server-id's entry.
+#[derive(Debug)]
+pub struct Slot {
+    pub state: SlotState,
+    pub phones: Vec<ConnKey>,
+    /// Bumped whenever a grace window opens, so an old timer can tell it
+    /// is stale.
+    pub generation: u64,
+    /// The binary's output is over its high-water mark: its phones are not
+    /// read until it drains.
+    pub backpressured: bool,
+}
+
+/// What a claim of `/v1/server` leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody held the id: the claimant holds it now.
+    Fresh,
+    /// The id was in grace: the claimant holds it; these phones belonged
+    /// to the previous binary and must be closed.
+    Reclaimed { phones: Vec<ConnKey> },
+    /// The id is held: ping this holder; the claimant waits.
+    Probe { holder: ConnKey },
+    /// A probe for this id is already running: refuse the claimant.
+    Busy,
+}
+
+/// What happens to a slot when its binary's connection ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The slot is in grace; its timer must be armed for this generation.
+    Grace { generation: u64 },
+    /// A waiting challenger holds the slot now; these phones must be closed.
+    HandedOver {
+        challenger: ConnKey,
+        phones: Vec<ConnKey>,
+    },
+    /// The connection did not hold the slot (already replaced).
+    NotHolder,
+}
+
+/// Whether a phone may join a server-id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Join {
+    Joined,
+    NoServer,
+    Full,
+}
+
+/// Every server-id the relay knows, and every live phone's conn_id.
+#[derive(Default)]
+pub struct Registry {
+    slots: HashMap<Rc<str>, Slot>,
+    phones_by_conn_id: HashMap<Rc<str>, ConnKey>,
+}
+
+impl Registry {
+    /// The slot of `server_id`, if any.
+    pub fn slot(&self, server_id: &str) -> Option<&Slot> {
+        self.slots.get(server_id)
+    }
+
+    /// The shared name of `server_id`, interned so connections and the
+    /// registry hold one copy.
+    pub fn intern(&self, server_id: &str) -> Rc<str> {
+        match self.slots.get_key_value(server_id) {
+            Some((name, _)) => name.clone(),
+            None => Rc::from(server_id),
+        }
+    }
+
+    /// A binary at `binary` claims `server_id` (SPEC §4).
+    pub fn claim(&mut self, server_id: &Rc<str>, binary: ConnKey) -> Claim {
+        let Some(slot) = self.slots.get_mut(server_id) else {
+            self.slots.insert(
+                server_id.clone(),
+                Slot {
+                    state: SlotState::Held { binary },
+                    phones: Vec::new(),
+                    generation: 0,
+                    backpressured: false,
+                },
+            );
+            return Claim::Fresh;
+        };
+        match slot.state {
+            SlotState::Grace => {
+                slot.state = SlotState::Held { binary };
+                slot.generation += 1;
+                slot.backpressured = false;
+                Claim::Reclaimed {
+                    phones: std::mem::take(&mut slot.phones),
+                }
+            }
+            SlotState::Held { binary: holder } => {
+                slot.state = SlotState::Probing {
+                    binary: holder,
+                    challenger: binary,
+                };
+                Claim::Probe { holder }
+            }
+            SlotState::Probing { .. } => Claim::Busy,
+        }
+    }
+
+    /// The holder answered the probe: it keeps the slot. Returns the
+    /// challenger to refuse.
+    pub fn probe_answered(&mut self, server_id: &str, holder: ConnKey) -> Option<ConnKey> {
+        let slot = self.slots.get_mut(server_id)?;
+        match slot.state {
+            SlotState::Probing { binary, challenger } if binary == holder => {
+                slot.state = SlotState::Held { binary };
+                Some(challenger)
+            }
+            _ => None,
+        }
+    }
+
+    /// The probe timed out: the challenger takes the slot. Returns the
+    /// silent holder and its phones, all to be closed.
+    pub fn take_over(
+        &mut self,
+        server_id: &str,
+        challenger: ConnKey,
+    ) -> Option<(ConnKey, Vec<ConnKey>)> {
+        let slot = self.slots.get_mut(server_id)?;
+        match slot.state {
+            SlotState::Probing {
+                binary,
+                challenger: waiting,
+            } if waiting == challenger => {
+                slot.state = SlotState::Held { binary: challenger };
+                slot.backpressured = false;
+                Some((binary, std::mem::take(&mut slot.phones)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A waiting challenger's connection ended before the probe did.
+    pub fn challenger_left(&mut self, server_id: &str, challenger: ConnKey) {
+        if let Some(slot) = self.slots.get_mut(server_id) {
+            if let SlotState::Probing {
+                binary,
+                challenger: waiting,
+            } = slot.state
+            {
+                if waiting == challenger {
+                    slot.state = SlotState::Held { binary };
+                }
+            }
+        }
+    }
+
+    /// The connection of the binary at `binary` ended.
+    pub fn release(&mut self, server_id: &str, binary: ConnKey) -> Release {
+        let Some(slot) = self.slots.get_mut(server_id) else {
+            return Release::NotHolder;
+        };
+        match slot.state {
+            SlotState::Held { binary: holder } if holder == binary => {
+                slot.state = SlotState::Grace;
+                slot.generation += 1;
+                slot.backpressured = false;
+                Release::Grace {
+                    generation: slot.generation,
+                }
+            }
+            SlotState::Probing {
+                binary: holder,
+                challenger,
+            } if holder == binary => {
+                slot.state = SlotState::Held { binary: challenger };
+                slot.backpressured = false;
+                Release::HandedOver {
+                    challenger,
+                    phones: std::mem::take(&mut slot.phones),
+                }
+            }
+            _ => Release::NotHolder,
+        }
+    }
+
+    /// The grace timer of `generation` fired. If it still stands, the slot
+    /// is freed and its phones are returned to be closed.
+    pub fn expire(&mut self, server_id: &str, generation: u64) -> Option<Vec<ConnKey>> {
+        let slot = self.slots.get(server_id)?;
+        if slot.state != SlotState::Grace || slot.generation != generation {
+            return None;
+        }
+        self.slots.remove(server_id).map(|slot| slot.phones)
+    }
+
+    /// Adds a phone to `server_id`, within `cap` phones.
+    pub fn join(&mut self, server_id: &str, phone: ConnKey, cap: usize) -> Join {
+        let Some(slot) = self.slots.get_mut(server_id) else {
+            return Join::NoServer;
+        };
+        if slot.phones.len() >= cap {
+            return Join::Full;
+        }
+        slot.phones.push(phone);
+        Join::Joined
+    }
+
+    /// Records a phone's conn_id for routing.
+    pub fn add_conn_id(&mut self, conn_id: Rc<str>, phone: ConnKey) {
+        self.phones_by_conn_id.insert(conn_id, phone);
+    }
+
+    /// Removes a phone from its slot and from the conn_id index.
+    pub fn leave(&mut self, server_id: &str, conn_id: &str, phone: ConnKey) {
+        if let Some(slot) = self.slots.get_mut(server_id) {
+            slot.phones.retain(|key| *key != phone);
+        }
+        self.phones_by_conn_id.remove(conn_id);
+    }
+
+    /// The phone that has `conn_id`.
+    pub fn phone(&self, conn_id: &str) -> Option<ConnKey> {
+        self.phones_by_conn_id.get(conn_id).copied()
+    }
+
+    /// The binary currently serving `server_id`.
+    pub fn binary(&self, server_id: &str) -> Option<ConnKey> {
+        match self.slots.get(server_id)?.state {
+            SlotState::Held { binary } | SlotState::Probing { binary, .. } => Some(binary),
+            SlotState::Grace => None,
+        }
+    }
+
+    /// Whether the phones of `server_id` may be read: a binary is there
+    /// and its output is below the high-water mark.
+    pub fn phones_may_send(&self, server_id: &str) -> bool {
+        self.slots
+            .get(server_id)
+            .is_some_and(|slot| !slot.backpressured && !matches!(slot.state, SlotState::Grace))
+    }
+
+    /// Sets the backpressure flag; returns whether it changed.
+    pub fn set_backpressured(&mut self, server_id: &str, on: bool) -> bool {
+        match self.slots.get_mut(server_id) {
+            Some(slot) if slot.backpressured != on => {
+                slot.backpressured = on;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The phones of `server_id`.
+    pub fn phones(&self, server_id: &str) -> &[ConnKey] {
+        self.slots
+            .get(server_id)
+            .map_or(&[][..], |slot| &slot.phones[..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> Rc<str> {
+        Rc::from(name)
+    }
+
+    #[test]
+    fn first_claim_wins_and_a_second_probes() {
+        let mut registry = Registry::default();
+        assert_eq!(registry.claim(&id("s"), 1), Claim::Fresh);
+        assert_eq!(registry.claim(&id("s"), 2), Claim::Probe { holder: 1 });
+        assert_eq!(registry.claim(&id("s"), 3), Claim::Busy);
+        assert_eq!(registry.probe_answered("s", 1), Some(2));
+        assert_eq!(registry.binary("s"), Some(1));
+    }
+
+    #[test]
+    fn a_silent_holder_is_taken_over_with_its_phones() {
+        let mut registry = Registry::default();
+        registry.claim(&id("s"), 1);
+        assert_eq!(registry.join("s", 10, 16), Join::Joined);
+        registry.claim(&id("s"), 2);
+        assert_eq!(registry.take_over("s", 2), Some((1, vec![10])));
+        assert_eq!(registry.binary("s"), Some(2));
+        assert_eq!(registry.release("s", 1), Release::NotHolder);
+    }
+
+    #[test]
+    fn grace_then_reclaim_hands_back_the_phones_and_stales_the_timer() {
+        let mut registry = Registry::default();
+        registry.claim(&id("s"), 1);
+        registry.join("s", 10, 16);
+        let Release::Grace { generation } = registry.release("s", 1) else {
+            panic!("no grace");
+        };
+        assert!(!registry.phones_may_send("s"));
+        assert_eq!(registry.join("s", 11, 16), Join::Joined);
+        assert_eq!(
+            registry.claim(&id("s"), 2),
+            Claim::Reclaimed {
+                phones: vec![10, 11]
+            }
+        );
+        assert_eq!(registry.expire("s", generation), None);
+        assert_eq!(registry.binary("s"), Some(2));
+    }
+
+    #[test]
+    fn expiry_frees_the_slot() {
+        let mut registry = Registry::default();
+        registry.claim(&id("s"), 1);
+        registry.join("s", 10, 16);
+        let Release::Grace { generation } = registry.release("s", 1) else {
+            panic!("no grace");
+        };
+        assert_eq!(registry.expire("s", generation), Some(vec![10]));
+        assert!(registry.slot("s").is_none());
+        assert_eq!(registry.join("s", 11, 16), Join::NoServer);
+    }
+
+    #[test]
+    fn the_phone_cap_holds() {
+        let mut registry = Registry::default();
+        registry.claim(&id("s"), 1);
+        assert_eq!(registry.join("s", 10, 1), Join::Joined);
+        assert_eq!(registry.join("s", 11, 1), Join::Full);
+        registry.leave("s", "c", 10);
+        assert_eq!(registry.join("s", 11, 1), Join::Joined);
+    }
+}

@@ -1,0 +1,158 @@
+//! Deadlines (SPEC §2, §4, §6, §9): each connection keeps its deadlines in
+//! its own fields and the wheel holds only the earliest; when that fires,
+//! every deadline that is due is acted on and the next one is armed.
+//! Phones the relay is not reading (backpressure, grace) are not blamed
+//! for silence: their pong and message deadlines are pushed back.
+
+use std::time::Instant;
+
+use log::{debug, info};
+
+use super::conn::{Peer, Phase};
+use super::routing::Ending;
+use super::{Relay, TimerKey, SWEEP_INTERVAL};
+use crate::registry::ConnKey;
+use crate::ws::{self, close, FrameKind};
+
+fn due(deadline: Option<Instant>, now: Instant) -> bool {
+    deadline.is_some_and(|at| at <= now)
+}
+
+impl Relay {
+    /// Makes sure the wheel will wake connection `key` at its earliest
+    /// deadline.
+    pub(super) fn arm(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(at) = conn.deadlines.earliest() else {
+            return;
+        };
+        if conn.armed.is_none_or(|armed| at < armed) {
+            conn.armed = Some(at);
+            self.timers
+                .schedule(at, TimerKey::Conn { key, id: conn.id });
+        }
+    }
+
+    /// Fires every due timer; returns whether any fired.
+    pub(super) fn fire_timers(&mut self) -> bool {
+        let now = self.clock.now();
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(now, &mut fired);
+        let any = !fired.is_empty();
+        for key in fired.drain(..) {
+            match key {
+                TimerKey::Conn { key, id } => self.on_conn_timer(key, id, now),
+                TimerKey::Grace {
+                    server_id,
+                    generation,
+                } => self.on_grace_expired(server_id, generation),
+                TimerKey::Drain => self.on_drain_deadline(),
+                TimerKey::Sweep => {
+                    self.limits.sweep(now);
+                    self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
+                }
+            }
+        }
+        self.fired = fired;
+        any
+    }
+
+    fn on_conn_timer(&mut self, key: ConnKey, id: u64, now: Instant) {
+        let paused = !self.may_read(key);
+        let (patience, message_timeout, ping_interval) = (
+            self.config.pong_timeout,
+            self.config.message_timeout,
+            self.config.ping_interval,
+        );
+        let Some(conn) = self.live_conn(key, id) else {
+            return;
+        };
+        if conn.armed.is_some_and(|armed| armed > now) {
+            return; // a stale entry: an earlier one was armed since
+        }
+        conn.armed = None;
+        let d = &mut conn.deadlines;
+        if due(d.handshake, now) {
+            debug!("handshake_timeout remote={}", conn.remote);
+            return self.respond(key, 408, "", "");
+        }
+        if due(d.close, now) || due(d.stall, now) {
+            debug!(
+                "connection_abandoned remote={} stalled={}",
+                conn.remote,
+                due(d.stall, now)
+            );
+            return self.drop_conn(key, Ending::Vanished);
+        }
+        if due(d.probe, now) {
+            d.probe = None;
+            if let Some(Peer::Challenger(server_id)) = conn.peer() {
+                let server_id = server_id.clone();
+                self.take_over(key, server_id);
+            }
+            return self.arm(key);
+        }
+        if due(d.pong, now) && paused {
+            d.pong = Some(now + patience);
+        } else if due(d.pong, now) {
+            info!("heartbeat_timeout remote={} code=1011", conn.remote);
+            return self.close_ws(
+                key,
+                close::INTERNAL,
+                "heartbeat timeout",
+                Ending::Relay(close::INTERNAL),
+            );
+        }
+        if due(d.message, now) && paused {
+            d.message = Some(now + message_timeout);
+        } else if due(d.message, now) {
+            info!("message_timeout remote={} code=1008", conn.remote);
+            return self.close_ws(
+                key,
+                close::POLICY,
+                "message timeout",
+                Ending::Relay(close::POLICY),
+            );
+        }
+        if due(d.next_ping, now) {
+            d.next_ping = Some(now + ping_interval);
+            if d.pong.is_none() {
+                d.pong = Some(now + patience);
+            }
+            if matches!(conn.phase, Phase::Open(_)) {
+                ws::write_frame(self.queue(key), FrameKind::Ping, b"");
+            }
+        }
+        self.arm(key);
+    }
+
+    /// Starts the message deadline when a frame or fragmented message is
+    /// left incomplete, and clears it when nothing is in progress.
+    pub(super) fn track_message_deadline(&mut self, key: ConnKey, id: u64) {
+        let now = self.clock.now();
+        let message_timeout = self.config.message_timeout;
+        let Some(conn) = self.live_conn(key, id) else {
+            return;
+        };
+        let in_progress = conn.inbuf.is_some() || conn.assembler.is_open();
+        if !in_progress || !matches!(conn.phase, Phase::Open(_)) {
+            conn.deadlines.message = None;
+            return;
+        }
+        if conn.deadlines.message.is_none() {
+            conn.deadlines.message = Some(now + message_timeout);
+            self.arm(key);
+        }
+    }
+
+    /// The shutdown drain is over: whatever is left is dropped.
+    fn on_drain_deadline(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.iter().map(|(key, _)| key).collect();
+        info!("shutdown_drain_expired connections={}", keys.len());
+        for key in keys {
+            self.drop_conn(key, Ending::Shutdown);
+        }
+    }
+}
