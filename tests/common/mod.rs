@@ -1,0 +1,469 @@
+//! The deterministic test harness: the real relay loop in-process on
+//! `127.0.0.1:0`, driven turn by turn, with time from a [`ManualClock`]
+//! and clients on real loopback sockets.
+//!
+//! Nothing here sleeps. A client waiting for bytes lets the relay take
+//! turns until the bytes are there (bounded, so a missing frame fails the
+//! test instead of hanging it); relay time only moves when a test calls
+//! [`Harness::advance`]. A 30 s grace window runs in microseconds.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use pyrycode_relay::{Config, ManualClock, Relay, Stats};
+
+/// How many relay turns a client waits for something before failing.
+const PATIENCE_TURNS: usize = 20_000;
+
+/// The relay under test and its clock.
+pub struct Harness {
+    pub relay: Relay,
+    pub clock: ManualClock,
+    pub addr: SocketAddr,
+}
+
+impl Harness {
+    /// A relay with SPEC defaults, except a rate limit loose enough for
+    /// many test clients from one address.
+    pub fn new() -> Harness {
+        Harness::with_config(|_| {})
+    }
+
+    /// A relay with the defaults changed by `tweak`.
+    pub fn with_config(tweak: impl FnOnce(&mut Config)) -> Harness {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            rate_limit_burst: 100_000,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let clock = ManualClock::new();
+        let relay = Relay::new(config, Box::new(clock.clone())).expect("relay binds");
+        let addr = relay.local_addr();
+        Harness { relay, clock, addr }
+    }
+
+    /// One turn of the loop, waiting at most `wait` of real time for
+    /// readiness (relay time does not move).
+    pub fn turn(&mut self, wait: Duration) -> bool {
+        self.relay.turn(Some(wait)).expect("relay turn")
+    }
+
+    /// Turns until the loop has had nothing to do for a few turns in a row.
+    pub fn settle(&mut self) {
+        let mut quiet = 0;
+        for _ in 0..PATIENCE_TURNS {
+            if self.turn(Duration::ZERO) {
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet >= 3 {
+                    return;
+                }
+            }
+        }
+        panic!("the relay never became idle");
+    }
+
+    /// Moves relay time forward by `by` and lets the relay act on it.
+    pub fn advance(&mut self, by: Duration) {
+        self.settle();
+        self.clock.advance(by);
+        self.settle();
+    }
+
+    /// Moves relay time forward by `total` in steps of `step`.
+    pub fn advance_in_steps(&mut self, total: Duration, step: Duration) {
+        let mut gone = Duration::ZERO;
+        while gone < total {
+            self.advance(step);
+            gone += step;
+        }
+    }
+
+    pub fn stats(&mut self) -> Stats {
+        self.settle();
+        self.relay.stats()
+    }
+
+    /// A plain TCP connection to the relay, nothing sent yet.
+    pub fn connect(&mut self) -> Client {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_nonblocking(true).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let client = Client {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        };
+        self.settle();
+        client
+    }
+
+    /// Sends `head` and returns the response status and head; the client
+    /// keeps any bytes after the head.
+    pub fn request(&mut self, head: &str) -> (u16, String, Client) {
+        let mut client = self.connect();
+        client.send_raw(self, head.as_bytes());
+        let (status, response) = client.response_head(self);
+        (status, response, client)
+    }
+
+    /// Upgrades on `path` with `headers` (name, value) plus valid WebSocket
+    /// headers; returns the status, the response head and the client.
+    pub fn upgrade<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        path: &str,
+        headers: &[(N, V)],
+    ) -> (u16, String, Client) {
+        let head = upgrade_head(path, headers);
+        self.request(&head)
+    }
+
+    /// A binary claiming `server_id`; asserts the 101.
+    pub fn binary(&mut self, server_id: &str) -> Client {
+        let (status, head, client) = self.upgrade("/v1/server", &binary_headers(server_id));
+        assert_eq!(status, 101, "binary upgrade refused: {head}");
+        client
+    }
+
+    /// A phone dialling `server_id`; asserts the 101.
+    pub fn phone(&mut self, server_id: &str) -> Client {
+        let (status, head, client) = self.upgrade("/v1/client", &phone_headers(server_id));
+        assert_eq!(status, 101, "phone upgrade refused: {head}");
+        client
+    }
+
+    /// A phone of `server_id` together with the conn_id its binary saw
+    /// (learned from the phone's first message, which it sends).
+    pub fn phone_with_id(&mut self, server_id: &str, binary: &mut Client) -> (Client, String) {
+        let mut phone = self.phone(server_id);
+        phone.send_text(self, br#"{"hello":true}"#);
+        let envelope = binary.recv_text(self);
+        let value: serde_json::Value = serde_json::from_slice(&envelope).expect("envelope is JSON");
+        let conn_id = value["conn_id"].as_str().expect("conn_id").to_string();
+        assert_eq!(value["frame"], serde_json::json!({"hello": true}));
+        (phone, conn_id)
+    }
+}
+
+/// The headers a real binary sends.
+pub fn binary_headers(server_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Pyrycode-Server", server_id.to_string()),
+        ("X-Pyrycode-Version", "0.9.0".to_string()),
+        ("User-Agent", "pyry/0.9.0".to_string()),
+    ]
+}
+
+/// The headers a real phone sends.
+pub fn phone_headers(server_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Pyrycode-Server", server_id.to_string()),
+        ("X-Pyrycode-Token", "opaque-secret-token".to_string()),
+        ("X-Pyrycode-Device-Name", "Pixel".to_string()),
+        ("User-Agent", "okhttp/4.12".to_string()),
+    ]
+}
+
+/// A request head for a WebSocket upgrade on `path` with extra headers.
+pub fn upgrade_head<N: AsRef<str>, V: AsRef<str>>(path: &str, headers: &[(N, V)]) -> String {
+    let mut head = format!(
+        "GET {path} HTTP/1.1\r\nHost: relay.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{}: {}\r\n", name.as_ref(), value.as_ref()));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// A frame the relay sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>, String),
+}
+
+/// A test client on a real socket: speaks WebSocket (masked frames) or
+/// anything else a test wants to send.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Client {
+    /// Writes all of `bytes`, letting the relay turn while the socket is full.
+    pub fn send_raw(&mut self, h: &mut Harness, bytes: &[u8]) {
+        let mut at = 0;
+        let mut stuck = 0;
+        while at < bytes.len() {
+            match self.stream.write(&bytes[at..]) {
+                Ok(n) => {
+                    at += n;
+                    stuck = 0;
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                    h.turn(Duration::from_millis(1));
+                    stuck += 1;
+                    assert!(stuck < PATIENCE_TURNS, "the relay stopped reading");
+                }
+                Err(err) => panic!("write failed: {err}"),
+            }
+        }
+        h.settle();
+    }
+
+    /// Writes what it can of `bytes` without waiting; returns how much.
+    pub fn send_some(&mut self, bytes: &[u8]) -> usize {
+        match self.stream.write(bytes) {
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => 0,
+            Err(err) => panic!("write failed: {err}"),
+        }
+    }
+
+    /// Sends one masked frame.
+    pub fn send_frame(&mut self, h: &mut Harness, opcode: u8, fin: bool, payload: &[u8]) {
+        let frame = masked_frame(opcode, fin, payload);
+        self.send_raw(h, &frame);
+    }
+
+    pub fn send_text(&mut self, h: &mut Harness, payload: &[u8]) {
+        self.send_frame(h, 0x1, true, payload);
+    }
+
+    pub fn send_binary(&mut self, h: &mut Harness, payload: &[u8]) {
+        self.send_frame(h, 0x2, true, payload);
+    }
+
+    pub fn send_ping(&mut self, h: &mut Harness, payload: &[u8]) {
+        self.send_frame(h, 0x9, true, payload);
+    }
+
+    pub fn send_pong(&mut self, h: &mut Harness, payload: &[u8]) {
+        self.send_frame(h, 0xA, true, payload);
+    }
+
+    pub fn send_close(&mut self, h: &mut Harness, code: u16, reason: &str) {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        self.send_frame(h, 0x8, true, &payload);
+    }
+
+    /// Reads whatever the socket has now into the buffer.
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        let mut got = false;
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return got;
+                }
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    got = true;
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return got,
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => {
+                    self.eof = true;
+                    return got;
+                }
+                Err(err) => panic!("read failed: {err}"),
+            }
+        }
+    }
+
+    /// Waits for an HTTP response head; returns its status and text.
+    pub fn response_head(&mut self, h: &mut Harness) -> (u16, String) {
+        for _ in 0..PATIENCE_TURNS {
+            self.fill();
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                let head = String::from_utf8(head).expect("response head is text");
+                let status = head[9..12].parse().expect("status code");
+                return (status, head);
+            }
+            assert!(
+                !self.eof,
+                "connection closed before a response: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            h.turn(Duration::from_millis(1));
+        }
+        panic!("no response head arrived");
+    }
+
+    /// The bytes after the response head, up to EOF.
+    pub fn body_until_eof(&mut self, h: &mut Harness) -> Vec<u8> {
+        self.wait_eof(h);
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Waits for the next frame.
+    pub fn recv(&mut self, h: &mut Harness) -> Msg {
+        for _ in 0..PATIENCE_TURNS {
+            if let Some(msg) = self.parse_frame() {
+                return msg;
+            }
+            self.fill();
+            if let Some(msg) = self.parse_frame() {
+                return msg;
+            }
+            assert!(!self.eof, "connection closed while waiting for a frame");
+            h.turn(Duration::from_millis(1));
+        }
+        panic!("no frame arrived");
+    }
+
+    /// Waits for the next frame that is not a ping or pong.
+    pub fn recv_data(&mut self, h: &mut Harness) -> Msg {
+        loop {
+            match self.recv(h) {
+                Msg::Ping(_) | Msg::Pong(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for a text message and returns its bytes.
+    pub fn recv_text(&mut self, h: &mut Harness) -> Vec<u8> {
+        match self.recv_data(h) {
+            Msg::Text(bytes) => bytes,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Waits for a close frame (skipping pings); returns its code and reason.
+    pub fn recv_close(&mut self, h: &mut Harness) -> (Option<u16>, String) {
+        match self.recv_data(h) {
+            Msg::Close(code, reason) => (code, reason),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// A frame already received, without waiting (after a settle).
+    pub fn try_recv(&mut self, h: &mut Harness) -> Option<Msg> {
+        h.settle();
+        self.fill();
+        self.parse_frame()
+    }
+
+    /// Asserts that nothing but pings arrived.
+    pub fn assert_no_data(&mut self, h: &mut Harness) {
+        while let Some(msg) = self.try_recv(h) {
+            assert!(matches!(msg, Msg::Ping(_)), "unexpected frame {msg:?}");
+        }
+        assert!(!self.eof, "connection unexpectedly closed");
+    }
+
+    /// Waits until the relay closes the TCP connection.
+    pub fn wait_eof(&mut self, h: &mut Harness) {
+        for _ in 0..PATIENCE_TURNS {
+            self.fill();
+            if self.eof {
+                return;
+            }
+            h.turn(Duration::from_millis(1));
+        }
+        panic!("the relay never closed the connection");
+    }
+
+    /// Whether the relay has closed the TCP connection (after a settle).
+    pub fn is_closed(&mut self, h: &mut Harness) -> bool {
+        h.settle();
+        self.fill();
+        self.eof
+    }
+
+    /// Completes a close the relay started: expects its close frame,
+    /// echoes it, and waits for EOF. Returns the code and reason.
+    pub fn expect_closed_by_relay(&mut self, h: &mut Harness) -> (Option<u16>, String) {
+        let (code, reason) = self.recv_close(h);
+        if let Some(code) = code {
+            let _ = self
+                .stream
+                .write_all(&masked_frame(0x8, true, &code.to_be_bytes()));
+        }
+        self.wait_eof(h);
+        (code, reason)
+    }
+
+    fn parse_frame(&mut self) -> Option<Msg> {
+        let buf = &self.buf;
+        if buf.len() < 2 {
+            return None;
+        }
+        assert_eq!(buf[1] & 0x80, 0, "the relay must not mask its frames");
+        assert_eq!(buf[0] & 0x70, 0, "the relay must not set reserved bits");
+        assert_ne!(buf[0] & 0x80, 0, "the relay must send final frames");
+        let (len, header) = match buf[1] & 0x7F {
+            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+            127 if buf.len() >= 10 => (
+                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        if buf.len() < header + len {
+            return None;
+        }
+        let opcode = buf[0] & 0x0F;
+        let payload = buf[header..header + len].to_vec();
+        self.buf.drain(..header + len);
+        Some(match opcode {
+            0x1 => Msg::Text(payload),
+            0x2 => Msg::Binary(payload),
+            0x8 => {
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let reason = String::from_utf8(payload.get(2..).unwrap_or_default().to_vec())
+                    .expect("reason is UTF-8");
+                Msg::Close(code, reason)
+            }
+            0x9 => Msg::Ping(payload),
+            0xA => Msg::Pong(payload),
+            other => panic!("unexpected opcode {other}"),
+        })
+    }
+}
+
+/// A client frame: masked with a fixed key.
+pub fn masked_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65_536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Builds a binary→phone envelope with `frame` spliced in verbatim.
+pub fn envelope(conn_id: &str, frame: &[u8]) -> Vec<u8> {
+    let mut out = format!("{{\"conn_id\":\"{conn_id}\",\"frame\":").into_bytes();
+    out.extend_from_slice(frame);
+    out.push(b'}');
+    out
+}
