@@ -55,9 +55,7 @@ impl Relay {
             }
             FrameKind::Pong => self.on_pong(key),
             FrameKind::Close => self.on_peer_close(key, payload),
-            FrameKind::Text | FrameKind::Binary if is_final => {
-                self.on_message(key, kind == FrameKind::Text, payload)
-            }
+            FrameKind::Text | FrameKind::Binary if is_final => self.on_message(key, payload),
             FrameKind::Text | FrameKind::Binary => {
                 let buffer = self.pool.get();
                 let conn = &mut self.conns[key];
@@ -68,21 +66,20 @@ impl Relay {
                 let conn = &mut self.conns[key];
                 conn.assembler.append(payload);
                 if is_final {
-                    let (is_text, message) = conn.assembler.finish();
-                    self.on_message(key, is_text, &message);
+                    let (_, message) = conn.assembler.finish();
+                    self.on_message(key, &message);
                     self.pool.put(message);
                 }
             }
         }
     }
 
-    fn on_message(&mut self, key: ConnKey, is_text: bool, payload: &[u8]) {
+    fn on_message(&mut self, key: ConnKey, payload: &[u8]) {
         match self.conns[key].peer() {
             Some(Peer::Phone { server_id, conn_id }) => {
+                // Text or binary opcode alike, the payload must be JSON,
+                // which includes being UTF-8: one check covers both (1007).
                 let (server_id, conn_id) = (server_id.clone(), conn_id.clone());
-                if is_text && std::str::from_utf8(payload).is_err() {
-                    return self.fail(key, FrameError::InvalidUtf8);
-                }
                 self.forward_from_phone(key, &server_id, &conn_id, payload);
             }
             Some(Peer::Binary(server_id)) => {
