@@ -38,6 +38,11 @@ impl BufferPool {
     pub fn idle(&self) -> usize {
         self.free.len()
     }
+
+    /// Bytes allocated by the idle buffers (at most 1024 × 64 KiB).
+    pub fn idle_bytes(&self) -> usize {
+        self.free.iter().map(Vec::capacity).sum()
+    }
 }
 
 /// Output waiting for the socket: bytes `sent..` of `buf` are unsent.
@@ -84,6 +89,11 @@ impl OutQueue {
     /// The underlying buffer, for returning to the pool.
     pub fn into_buffer(self) -> Vec<u8> {
         self.buf
+    }
+
+    /// Bytes allocated for the queue (sent, unsent and spare).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 }
 

@@ -23,4 +23,4 @@ pub mod ws;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-pub use relay::{Relay, Stats};
+pub use relay::{Memory, Relay, Stats};

@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+/// Rounding slack when comparing a bucket's tokens against one attempt.
+const TOKEN_EPSILON: f64 = 1e-9;
+
 struct Bucket {
     tokens: f64,
     refilled_at: Instant,
@@ -32,8 +35,10 @@ impl IpLimits {
     /// Takes one upgrade attempt from `ip`'s bucket; false when empty.
     pub fn allow_attempt(&mut self, ip: IpAddr, now: Instant) -> bool {
         let bucket = self.bucket(ip, now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        // Refills are summed in f64 (six sixths make 0.999…): allow for
+        // the rounding, or a client polling on the interval waits one more.
+        if bucket.tokens >= 1.0 - TOKEN_EPSILON {
+            bucket.tokens = (bucket.tokens - 1.0).max(0.0);
             true
         } else {
             false

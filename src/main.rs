@@ -5,14 +5,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 use pyrycode_relay::cli::{normalize_args, Args};
 use pyrycode_relay::{Relay, SystemClock};
 
 fn main() -> ExitCode {
     let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(args) => args,
-        Err(err) => err.exit(),
+        // --help and --version print and exit 0; a bad flag is one line
+        // of reason and exit 2 (SPEC §9), without clap's usage hints.
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let text = err.to_string();
+            let reason = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("pyrycode-relay: {}", reason.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
     };
     let settings = match args.into_settings() {
         Ok(settings) => settings,
@@ -40,6 +48,7 @@ fn main() -> ExitCode {
             info!("environment name={name} note={meaning:?}");
         }
     }
+    raise_fd_limit();
     let listen = settings.config.listen;
     let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
         Ok(relay) => relay,
@@ -73,4 +82,35 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and logs both: every
+/// connection is a descriptor, and distributions start services with a
+/// soft limit of 1024 that a relay reaches long before `--max-connections`.
+/// (Running out anyway is handled: accepting pauses and resumes.)
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!("fd_limit error={}", std::io::Error::last_os_error());
+        return;
+    }
+    let soft = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    info!(
+        "fd_limit soft={} hard={} was={soft}",
+        limit.rlim_cur, limit.rlim_max
+    );
 }

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub register_failures: [u64; 4],
     pub push_wakes: [u64; 5],
     pub envelopes_dropped: u64,
+    pub phone_messages_dropped: u64,
 }
 
 impl Metrics {
@@ -137,6 +138,11 @@ impl Metrics {
             out,
             "# TYPE {p}_envelopes_dropped_total counter\n{p}_envelopes_dropped_total {}",
             self.envelopes_dropped
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE {p}_phone_messages_dropped_total counter\n{p}_phone_messages_dropped_total {}",
+            self.phone_messages_dropped
         );
         out
     }

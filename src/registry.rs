@@ -266,12 +266,14 @@ impl Registry {
         }
     }
 
-    /// Whether the phones of `server_id` may be read: a binary is there
-    /// and its output is below the high-water mark.
+    /// Whether the phones of `server_id` may be read: not while the
+    /// binary's output is over its high-water mark. During grace they are
+    /// read (pings answered, departures noticed) though their messages
+    /// have nowhere to go.
     pub fn phones_may_send(&self, server_id: &str) -> bool {
         self.slots
             .get(server_id)
-            .is_some_and(|slot| !slot.backpressured && !matches!(slot.state, SlotState::Grace))
+            .is_some_and(|slot| !slot.backpressured)
     }
 
     /// Sets the backpressure flag; returns whether it changed.
@@ -330,7 +332,8 @@ mod tests {
         let Release::Grace { generation } = registry.release("s", 1) else {
             panic!("no grace");
         };
-        assert!(!registry.phones_may_send("s"));
+        assert!(registry.phones_may_send("s"));
+        assert_eq!(registry.binary("s"), None);
         assert_eq!(registry.join("s", 11, 16), Join::Joined);
         assert_eq!(
             registry.claim(&id("s"), 2),

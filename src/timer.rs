@@ -112,7 +112,9 @@ impl<K> TimerWheel<K> {
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
-        self.epoch + TICK * tick as u32
+        // Not `TICK * tick as u32`: that wraps after 2^32 ticks (497 days
+        // of uptime) and made `next_deadline` a past instant from then on.
+        self.epoch + Duration::from_nanos(tick.saturating_mul(TICK.as_nanos() as u64))
     }
 }
 
@@ -167,6 +169,16 @@ mod tests {
         wheel.schedule(t0 + Duration::from_secs(1), 3);
         assert_eq!(wheel.next_deadline(), Some(t0 + Duration::from_secs(5)));
         assert_eq!(fire(&mut wheel, t0 + Duration::from_secs(5)), vec![3]);
+    }
+
+    #[test]
+    fn deadlines_after_497_days_of_uptime_are_not_wrapped() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        let late = TICK * u32::MAX + TICK * 10;
+        fire(&mut wheel, t0 + late);
+        wheel.schedule(t0 + late + TICK * 7, 1);
+        assert_eq!(wheel.next_deadline(), Some(t0 + late + TICK * 7));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Deadlines (SPEC §2, §4, §6, §9): each connection keeps its deadlines in
 //! its own fields and the wheel holds only the earliest; when that fires,
 //! every deadline that is due is acted on and the next one is armed.
-//! Phones the relay is not reading (backpressure, grace) are not blamed
+//! Connections the relay is not reading (backpressure, a waiting challenger) are not blamed
 //! for silence: their pong and message deadlines are pushed back.
 
 use std::time::Instant;
@@ -53,6 +53,7 @@ impl Relay {
                     self.limits.sweep(now);
                     self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
                 }
+                TimerKey::AcceptBackoff => self.resume_accepting(),
             }
         }
         self.fired = fired;
@@ -73,6 +74,15 @@ impl Relay {
             return; // a stale entry: an earlier one was armed since
         }
         conn.armed = None;
+        if due(conn.deadlines.stall, now) {
+            // Writability is edge-triggered and only reported once much of
+            // the send buffer is free: a peer that reads slowly may have
+            // made room without an event. Try once before calling it stalled.
+            self.flush(key);
+        }
+        let Some(conn) = self.live_conn(key, id) else {
+            return;
+        };
         let d = &mut conn.deadlines;
         if due(d.handshake, now) {
             debug!("handshake_timeout remote={}", conn.remote);

@@ -39,13 +39,34 @@ impl Relay {
 
     /// Whether the relay reads from `key` now. Phones are not read while
     /// their binary is absent or backpressured; a challenger is not read
-    /// while its claim is being decided.
+    /// while its claim is being decided; no connection is read while its
+    /// own output queue is over [`Relay::output_read_limit`].
     pub(super) fn may_read(&self, key: ConnKey) -> bool {
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|conn| conn.pending_output() > self.output_read_limit())
+        {
+            return false;
+        }
         match self.conns.get(key).and_then(|conn| conn.peer()) {
             Some(Peer::Phone { server_id, .. }) => self.registry.phones_may_send(server_id),
             Some(Peer::Challenger(_)) => false,
             _ => true,
         }
+    }
+
+    /// The longest output queue a connection may have and still be read.
+    /// Ordinary traffic stays below it (a phone's queue is capped by
+    /// `phone_backlog`, a binary's by `binary_high_water` plus one
+    /// message); only what a peer's own input makes the relay owe it
+    /// (pongs) can go beyond, and a peer that pings without reading its
+    /// pongs is not read until it does: its queue stays bounded and the
+    /// output-stall deadline ends it.
+    pub(super) fn output_read_limit(&self) -> usize {
+        self.config.phone_backlog.max(self.config.binary_high_water)
+            + self.config.max_message_size
+            + super::SCRATCH_SIZE
     }
 
     fn read_socket(&mut self, key: ConnKey) -> ReadOutcome {
@@ -150,13 +171,20 @@ impl Relay {
         self.drop_conn(key, Ending::Vanished);
     }
 
-    /// The output queue of `key`, put on this turn's flush list.
-    pub(super) fn queue(&mut self, key: ConnKey) -> &mut Vec<u8> {
+    /// Puts `key` on this turn's flush list (which also sends the FIN of
+    /// a draining connection once its output is out).
+    pub(super) fn mark_dirty(&mut self, key: ConnKey) {
         let conn = &mut self.conns[key];
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
         }
+    }
+
+    /// The output queue of `key`, put on this turn's flush list.
+    pub(super) fn queue(&mut self, key: ConnKey) -> &mut Vec<u8> {
+        self.mark_dirty(key);
+        let conn = &mut self.conns[key];
         conn.out
             .get_or_insert_with(|| OutQueue::new(self.pool.get()))
             .tail()
@@ -178,6 +206,7 @@ impl Relay {
             return;
         };
         conn.dirty = false;
+        let before = conn.pending_output();
         let mut progressed = false;
         if let Some(out) = conn.out.as_mut() {
             while out.pending() > 0 {
@@ -214,6 +243,10 @@ impl Relay {
         self.set_write_interest(key, pending > 0);
         if progressed {
             self.on_binary_drained(key, pending);
+            let limit = self.output_read_limit();
+            if before > limit && pending <= limit {
+                self.resume.push(key); // not read while over the limit
+            }
         }
         self.arm(key);
     }

@@ -51,6 +51,8 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 const SCRATCH_SIZE: usize = 64 * 1024;
 /// How often per-IP rate-limit state of idle IPs is forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How long accepting pauses after `accept` failed (EMFILE, ENFILE, ...).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What a timer-wheel entry refers to.
 enum TimerKey {
@@ -62,6 +64,8 @@ enum TimerKey {
     Drain,
     /// Time to forget idle IPs in the rate limiter.
     Sweep,
+    /// Time to accept again after `accept` failed (out of descriptors).
+    AcceptBackoff,
 }
 
 /// A snapshot of the loop's counters.
@@ -75,6 +79,23 @@ pub struct Stats {
     pub phones: usize,
     /// Connections currently holding a read, write or reassembly buffer.
     pub connections_with_buffers: usize,
+}
+
+/// The relay's own accounting of the bytes it holds for connections
+/// (docs/SECURITY.md gives the worst case as a formula of the limits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Output queued and not yet written, all connections together.
+    pub queued_output: usize,
+    /// The longest output queue of one connection.
+    pub largest_queue: usize,
+    /// Partial request heads and partial frames kept between reads.
+    pub partial_input: usize,
+    /// Fragmented messages being reassembled.
+    pub reassembly: usize,
+    /// What is actually allocated: the capacity of every connection's
+    /// buffers, the idle buffer pool and the shared scratch buffer.
+    pub allocated: usize,
 }
 
 /// The relay: listeners, connections, registry and timers of one loop.
@@ -108,6 +129,10 @@ pub struct Relay {
     live: usize,
     /// Set once shutdown has begun: when the drain ends.
     drain_until: Option<Instant>,
+    /// Listener events are ignored until the `AcceptBackoff` timer fires.
+    accept_paused: bool,
+    /// Back-offs in a row (for logging the first and the recovery only).
+    accept_pauses: u32,
 }
 
 impl Relay {
@@ -148,6 +173,8 @@ impl Relay {
             phones: 0,
             live: 0,
             drain_until: None,
+            accept_paused: false,
+            accept_pauses: 0,
         })
     }
 
@@ -200,6 +227,29 @@ impl Relay {
                 })
                 .count(),
         }
+    }
+
+    /// The bytes held for connections right now.
+    pub fn memory(&self) -> Memory {
+        let mut memory = Memory {
+            allocated: self.pool.idle_bytes() + self.scratch.capacity(),
+            ..Memory::default()
+        };
+        for (_, conn) in self.conns.iter() {
+            let queued = conn.pending_output();
+            memory.queued_output += queued;
+            memory.largest_queue = memory.largest_queue.max(queued);
+            memory.allocated += conn.out.as_ref().map_or(0, |out| out.capacity());
+            if let Some(inbuf) = &conn.inbuf {
+                memory.partial_input += inbuf.len();
+                memory.allocated += inbuf.capacity();
+            }
+            if let Some(buffer) = &conn.assembler.buffer {
+                memory.reassembly += buffer.len();
+                memory.allocated += buffer.capacity();
+            }
+        }
+        memory
     }
 
     /// The Prometheus exposition of the relay's metrics.
@@ -287,6 +337,9 @@ impl Relay {
     }
 
     fn accept(&mut self, origin: Origin) {
+        if self.accept_paused {
+            return;
+        }
         loop {
             let listener = match origin {
                 Origin::Public => self.listener.as_ref(),
@@ -301,11 +354,41 @@ impl Relay {
                         err.kind(),
                         ErrorKind::Interrupted | ErrorKind::ConnectionAborted
                     ) => {}
-                Err(err) => {
-                    warn!("accept_failed error={err}");
-                    return;
-                }
+                Err(err) => return self.pause_accepting(&err),
             }
+        }
+    }
+
+    /// `accept` failed for a reason that will not go away at once (out of
+    /// file descriptors: EMFILE, ENFILE; or out of kernel memory): stop
+    /// accepting for [`ACCEPT_BACKOFF`] instead of retrying on every
+    /// listener event. Pending connections wait in the kernel's backlog.
+    fn pause_accepting(&mut self, err: &std::io::Error) {
+        self.accept_paused = true;
+        self.accept_pauses += 1;
+        if self.accept_pauses == 1 {
+            warn!(
+                "accept_paused error={err} backoff_ms={} connections={}",
+                ACCEPT_BACKOFF.as_millis(),
+                self.conns.len()
+            );
+        }
+        let at = self.clock.now() + ACCEPT_BACKOFF;
+        self.timers.schedule(at, TimerKey::AcceptBackoff);
+    }
+
+    /// The back-off is over: accept whatever waits in the backlog.
+    fn resume_accepting(&mut self) {
+        self.accept_paused = false;
+        self.accept(Origin::Public);
+        self.accept(Origin::Metrics);
+        if !self.accept_paused && self.accept_pauses > 0 {
+            info!(
+                "accept_resumed pauses={} connections={}",
+                self.accept_pauses,
+                self.conns.len()
+            );
+            self.accept_pauses = 0;
         }
     }
 

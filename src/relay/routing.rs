@@ -63,9 +63,11 @@ impl Relay {
             );
         }
         let Some(binary) = self.registry.binary(server_id) else {
-            // Only reachable for bytes read in the same batch in which the
-            // binary left; its successor would close this phone anyway.
-            warn!("phone_message_dropped server_id={server_id} conn_id={conn_id} reason=no_binary");
+            // The server-id is in grace. Whoever claims it next closes this
+            // phone (4404) and has no crypto session for it, so the message
+            // could never be used: say so, and keep the phone.
+            self.metrics.phone_messages_dropped += 1;
+            warn!("phone_message_dropped server_id={server_id} conn_id={conn_id} reason=binary_in_grace");
             return;
         };
         envelope::write_phone_message(self.queue(binary), conn_id, payload);

@@ -26,6 +26,13 @@ impl Relay {
                 Phase::Closing => true,
                 Phase::Head | Phase::Draining { .. } => return buf.len(),
             };
+            if !self.may_read(key) {
+                // Backpressure began (or this peer's own queue filled) in
+                // the middle of a read: the rest waits in its buffer, so a
+                // read of many small frames cannot overshoot the limits.
+                break;
+            }
+            let conn = &self.conns[key];
             match ws::parse_frame(&mut buf[at..], &conn.assembler, max_message) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
@@ -34,7 +41,12 @@ impl Relay {
                     self.on_frame(key, frame.kind, frame.is_final, &buf[payload]);
                 }
                 Err(_) if closing => {
-                    self.drop_conn(key, Ending::Vanished);
+                    // Our close frame may still be queued: let it out, then
+                    // FIN, and discard whatever else the peer sends.
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.phase = Phase::Draining { fin_sent: false };
+                    }
+                    self.mark_dirty(key);
                     return buf.len();
                 }
                 Err(err) => {
@@ -124,7 +136,7 @@ impl Relay {
             }
             Phase::Closing => {
                 // Our close was sent already: the handshake is complete.
-                self.queue(key);
+                self.mark_dirty(key);
             }
             other => self.conns[key].phase = other,
         }
@@ -142,6 +154,15 @@ impl Relay {
         );
         let code = err.close_code();
         self.close_ws(key, code, "", Ending::Relay(code));
+        // The peer's bytes can no longer be framed (an oversized frame's
+        // payload may still be on its way): parsing them would drop the
+        // socket before our close frame is out. Send the close, then FIN,
+        // and discard what the peer still sends (RFC 6455 §7.1.7).
+        if let Some(conn) = self.conns.get_mut(key) {
+            if matches!(conn.phase, Phase::Closing) {
+                conn.phase = Phase::Draining { fin_sent: false };
+            }
+        }
     }
 
     /// Closes an open WebSocket with `code` and `reason` after what is

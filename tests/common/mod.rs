@@ -217,6 +217,37 @@ impl Client {
                 Err(err) => panic!("write failed: {err}"),
             }
         }
+        self.wait_taken(h);
+    }
+
+    /// Lets the relay turn until the relay's socket has taken (ACKed)
+    /// everything this client wrote, then settles. Loopback delivery can
+    /// lag behind `write` on a loaded machine; without this a test could
+    /// move the clock before the relay has seen the bytes. Gives up
+    /// quietly when the relay's receive window is full (a relay that is
+    /// deliberately not reading this client).
+    pub fn wait_taken(&mut self, h: &mut Harness) {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        let mut last = None;
+        let mut unchanged = 0;
+        while let Some(queued @ 1..) = unacknowledged(fd) {
+            if last == Some(queued) {
+                unchanged += 1;
+                if unchanged > 200 {
+                    break;
+                }
+            } else {
+                unchanged = 0;
+                last = Some(queued);
+                // The relay's socket may be holding back its ACK (delayed
+                // ACK, up to 40 ms): ask it to send the ACK now.
+                if let Some(relay_fd) = self.find_relay_fd() {
+                    quick_ack(relay_fd);
+                }
+            }
+            h.turn(Duration::from_millis(1));
+        }
         h.settle();
     }
 
@@ -466,4 +497,240 @@ pub fn envelope(conn_id: &str, frame: &[u8]) -> Vec<u8> {
     out.extend_from_slice(frame);
     out.push(b'}');
     out
+}
+
+/// The close notice a binary gets when one of its phones is gone (SPEC §5.4).
+pub fn close_notice(conn_id: &str, code: u16) -> Vec<u8> {
+    format!("{{\"conn_id\":\"{conn_id}\",\"close_code\":{code}}}").into_bytes()
+}
+
+/// Kernel buffer sizes of a test socket, to make a peer that stops reading
+/// (or a relay that stops reading it) push back after kilobytes instead of
+/// the megabytes loopback autotuning allows.
+impl Client {
+    /// Caps this client's receive buffer (`SO_RCVBUF`).
+    pub fn set_recv_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        set_socket_buffer(self.stream.as_raw_fd(), libc::SO_RCVBUF, bytes);
+    }
+
+    /// Caps this client's send buffer (`SO_SNDBUF`).
+    pub fn set_send_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        set_socket_buffer(self.stream.as_raw_fd(), libc::SO_SNDBUF, bytes);
+    }
+
+    /// Caps the send buffer of the relay's end of this connection (the
+    /// relay runs in this process, so its socket is one of ours).
+    pub fn set_relay_send_buffer(&self, bytes: usize) {
+        set_socket_buffer(self.relay_fd(), libc::SO_SNDBUF, bytes);
+    }
+
+    /// Caps the receive buffer of the relay's end of this connection.
+    pub fn set_relay_recv_buffer(&self, bytes: usize) {
+        set_socket_buffer(self.relay_fd(), libc::SO_RCVBUF, bytes);
+    }
+
+    /// The descriptor of the relay's end of this connection: the socket
+    /// of this process whose peer is this client.
+    fn relay_fd(&self) -> std::os::fd::RawFd {
+        let (local, peer) = (
+            self.stream.local_addr().unwrap(),
+            self.stream.peer_addr().unwrap(),
+        );
+        for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+            let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse() else {
+                continue;
+            };
+            if socket_addr(fd, libc::getpeername) == Some(local)
+                && socket_addr(fd, libc::getsockname) == Some(peer)
+            {
+                return fd;
+            }
+        }
+        panic!("the relay's end of {local} was not found");
+    }
+}
+
+/// The IPv4 address `get` (getsockname or getpeername) gives for `fd`.
+fn socket_addr(
+    fd: std::os::fd::RawFd,
+    get: unsafe extern "C" fn(
+        libc::c_int,
+        *mut libc::sockaddr,
+        *mut libc::socklen_t,
+    ) -> libc::c_int,
+) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_in is plain data; the length tells the kernel its size.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: valid pointers to `addr` and `len`; a non-socket fd just fails.
+    let rc = unsafe { get(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len) };
+    if rc != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
+        return None;
+    }
+    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Some(SocketAddr::from((ip, u16::from_be(addr.sin_port))))
+}
+
+fn set_socket_buffer(fd: std::os::fd::RawFd, option: libc::c_int, bytes: usize) {
+    let value = bytes as libc::c_int;
+    // SAFETY: a socket descriptor and a pointer to a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt failed: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Delivery barriers. A loopback write normally lands in the other
+/// socket during the write call, but under load the kernel may defer that
+/// to a later softirq: a `settle` can then find nothing to do, and a
+/// following `advance` moves time before the relay has read a pong (or
+/// before a client sees the ping it must answer). These wait on the
+/// kernel's own count of unacknowledged bytes (`TIOCOUTQ`), which reaches
+/// zero only once the receiving socket has the bytes.
+impl Client {
+    /// Waits until the relay's socket holds everything this client wrote,
+    /// then lets the relay act on it.
+    pub fn wait_delivered(&mut self, h: &mut Harness) {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        for _ in 0..PATIENCE_TURNS {
+            // Done once acknowledged, or once the relay has no socket for
+            // this connection any more (nothing left to deliver to).
+            if unacknowledged(fd) == Some(0) || self.find_relay_fd().is_none() {
+                h.settle();
+                return;
+            }
+            h.turn(Duration::from_millis(1));
+        }
+        panic!("the relay's socket never took this client's bytes");
+    }
+
+    /// Waits until this client's socket holds everything the relay's
+    /// socket has taken for it (the client must have room to receive).
+    pub fn wait_received(&mut self, h: &mut Harness) {
+        use std::os::fd::AsRawFd;
+        h.settle();
+        for _ in 0..PATIENCE_TURNS {
+            match self.find_relay_fd().and_then(unacknowledged) {
+                None | Some(0) => return,
+                Some(_) => {
+                    // Take what arrived and acknowledge it now rather
+                    // than after the delayed-ACK timer (up to 40 ms).
+                    self.fill();
+                    quick_ack(self.stream.as_raw_fd());
+                    h.turn(Duration::from_millis(1));
+                }
+            }
+        }
+        panic!("this client's socket never took the relay's bytes");
+    }
+
+    /// Both directions: the relay has read what this client sent, acted on
+    /// it, and this client's socket holds what the relay wrote.
+    pub fn sync(&mut self, h: &mut Harness) {
+        self.wait_delivered(h);
+        self.wait_received(h);
+    }
+
+    /// Closes this client's socket and waits until the relay's socket has
+    /// the FIN, then lets the relay act on it.
+    pub fn hang_up(mut self, h: &mut Harness) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.wait_delivered(h);
+    }
+
+    /// Bytes the relay's socket of this connection has received but the
+    /// relay has not read (`FIONREAD`); `None` once the relay dropped it.
+    pub fn relay_unread(&self) -> Option<usize> {
+        let fd = self.find_relay_fd()?;
+        let mut value: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through a valid pointer.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut value as *mut libc::c_int) };
+        (rc == 0).then_some(value as usize)
+    }
+
+    /// Bytes the relay wrote to this connection that this client's socket
+    /// has not taken yet; `None` once the relay dropped it.
+    pub fn relay_unacknowledged(&self) -> Option<usize> {
+        self.find_relay_fd().and_then(unacknowledged)
+    }
+
+    /// Waits until neither socket of this connection moves any bytes for
+    /// a few real milliseconds (for a client that has stopped reading).
+    pub fn wait_still(&mut self, h: &mut Harness) {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        let state = |c: &Client| {
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one c_int through a valid pointer.
+            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread as *mut libc::c_int) };
+            (unread, c.relay_unacknowledged(), c.relay_unread())
+        };
+        let mut last = state(self);
+        let mut still = 0;
+        for _ in 0..PATIENCE_TURNS {
+            h.turn(Duration::from_millis(1));
+            let now = state(self);
+            if now == last {
+                still += 1;
+                if still >= 10 {
+                    h.settle();
+                    return;
+                }
+            } else {
+                still = 0;
+                last = now;
+            }
+        }
+        panic!("the connection never became still");
+    }
+
+    /// The relay's end of this connection, if the relay still has it.
+    fn find_relay_fd(&self) -> Option<std::os::fd::RawFd> {
+        let local = self.stream.local_addr().ok()?;
+        let peer = self.stream.peer_addr().ok()?;
+        std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .find(|&fd| {
+                socket_addr(fd, libc::getpeername) == Some(local)
+                    && socket_addr(fd, libc::getsockname) == Some(peer)
+            })
+    }
+}
+
+/// Makes socket `fd` acknowledge what it has received at once.
+fn quick_ack(fd: std::os::fd::RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: a socket descriptor and a pointer to a live c_int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Bytes written to socket `fd` that its peer has not acknowledged yet.
+fn unacknowledged(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one c_int through a valid pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut value as *mut libc::c_int) };
+    (rc == 0).then_some(value as usize)
 }

@@ -1,0 +1,341 @@
+//! Resource exhaustion (issue 4, point 3): running out of file
+//! descriptors pauses accepting instead of spinning and recovers by
+//! itself; the relay's memory stays under the worst case that
+//! docs/SECURITY.md derives from the configuration.
+
+mod common;
+#[path = "support/sockets.rs"]
+mod sockets;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pyrycode_relay::{Config, Memory};
+use sockets::small_relay_send_buffer;
+
+/// The real binary, started with `RLIMIT_NOFILE` of `limit` (soft and
+/// hard, so the start-up raise cannot lift it), its log lines on a channel.
+struct LimitedRelay {
+    child: Child,
+    lines: Receiver<String>,
+    addr: SocketAddr,
+    /// The log lines up to `listening`.
+    startup: Vec<String>,
+}
+
+impl LimitedRelay {
+    fn start(limit: u64) -> LimitedRelay {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pyrycode-relay"));
+        command
+            .args([
+                "--insecure-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "",
+                // The idle connections below must outlive the test.
+                "--handshake-timeout",
+                "120s",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("the relay starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut relay = LimitedRelay {
+            child,
+            lines,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            startup: Vec::new(),
+        };
+        let listening = relay.wait_for("listening ");
+        let addr = listening
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("addr="))
+            .expect("listening addr=");
+        relay.addr = addr.parse().unwrap();
+        relay
+    }
+
+    /// The next log line containing `what`, within 10 s.
+    fn wait_for(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => self.startup.push(line),
+                Err(_) => panic!("no log line with {what:?} within 10 s"),
+            }
+        }
+    }
+
+    /// CPU time (user + system) the relay has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // Fields 14 and 15 (utime, stime), counted after "pid (comm)".
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+}
+
+impl Drop for LimitedRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a `/healthz` request and reads the status, waiting at most `wait`.
+fn healthz(stream: &mut TcpStream, wait: Duration) -> Option<u16> {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n")
+        .unwrap();
+    read_status(stream, wait)
+}
+
+fn read_status(stream: &mut TcpStream, wait: Duration) -> Option<u16> {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while got.len() < 12 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    std::str::from_utf8(&got[9..12]).ok()?.parse().ok()
+}
+
+#[test]
+fn out_of_descriptors_accepting_pauses_without_spinning_and_resumes() {
+    let mut relay = LimitedRelay::start(32);
+    assert!(
+        relay
+            .startup
+            .iter()
+            .any(|l| l.contains("fd_limit soft=32 hard=32")),
+        "{:?}",
+        relay.startup
+    );
+    // Past the limit: the kernel completes every handshake, the relay can
+    // take only as many as it has descriptors for.
+    let mut held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(relay.addr).unwrap())
+        .collect();
+    let paused = relay.wait_for("accept_paused");
+    assert!(paused.contains("error="), "{paused}");
+
+    // Still responsive: an accepted connection is served at once…
+    assert_eq!(healthz(&mut held[0], Duration::from_secs(10)), Some(200));
+    held.remove(0);
+    // …and while the limit holds, the relay does not spin on the listener.
+    let (cpu_before, wall_before) = (relay.cpu_time(), Instant::now());
+    let mut waiting = TcpStream::connect(relay.addr).unwrap();
+    assert_eq!(healthz(&mut waiting, Duration::from_millis(700)), None);
+    let (cpu, wall) = (relay.cpu_time() - cpu_before, wall_before.elapsed());
+    assert!(
+        cpu * 4 < wall,
+        "the relay used {cpu:?} of CPU in {wall:?} while out of descriptors"
+    );
+
+    // Connections close, descriptors come back: the relay accepts what
+    // waited in the backlog without any new connection arriving.
+    held.truncate(10);
+    relay.wait_for("accept_resumed");
+    assert_eq!(
+        read_status(&mut waiting, Duration::from_secs(10)),
+        Some(200)
+    );
+    let mut fresh = TcpStream::connect(relay.addr).unwrap();
+    assert_eq!(healthz(&mut fresh, Duration::from_secs(10)), Some(200));
+}
+
+/// docs/SECURITY.md, "Worst-case memory": what one connection can make the
+/// relay hold, in accounted bytes, with `config`.
+fn per_connection_worst_case(config: &Config) -> usize {
+    const SCRATCH: usize = 64 * 1024;
+    const MAX_HEADER: usize = 14;
+    let read_limit =
+        config.phone_backlog.max(config.binary_high_water) + config.max_message_size + SCRATCH;
+    let output = read_limit + 131 + 127; // one pong past the limit, a close frame
+    let partial = config.max_message_size + MAX_HEADER + SCRATCH;
+    let reassembly = config.max_message_size;
+    output + partial + reassembly
+}
+
+fn accounted(memory: &Memory) -> usize {
+    memory.queued_output + memory.partial_input + memory.reassembly
+}
+
+#[test]
+fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_case() {
+    let mut h = Harness::new();
+    let config = Config::default();
+    let per_connection = per_connection_worst_case(&config);
+    let mut binary = h.binary("flood");
+    let mut phones = Vec::new();
+    for _ in 0..16 {
+        phones.push(h.phone_with_id("flood", &mut binary));
+    }
+    small_relay_send_buffer(&binary);
+    for (phone, _) in &phones {
+        small_relay_send_buffer(phone);
+    }
+    // A maximum-size message each way, and pings nobody reads the pongs of.
+    let max_json = |seq: usize| {
+        let mut msg = format!("{{\"seq\":{seq},\"pad\":\"");
+        msg.push_str(&"m".repeat(config.max_message_size - msg.len() - 2));
+        msg.push_str("\"}");
+        assert_eq!(msg.len(), config.max_message_size);
+        msg.into_bytes()
+    };
+    let mut phone_streams: Vec<(Vec<u8>, usize)> = (0..16)
+        .map(|i| {
+            let mut stream = Vec::new();
+            for seq in 0..12 {
+                stream.extend(masked_frame(0x1, true, &max_json(seq)));
+                stream.extend(masked_frame(0x9, true, &[i as u8; 125]));
+            }
+            (stream, 0)
+        })
+        .collect();
+    let mut binary_stream = Vec::new();
+    for seq in 0..8 {
+        for (_, conn_id) in &phones {
+            // The frame inside the envelope: as large as a phone may queue.
+            let frame = max_json(seq);
+            binary_stream.extend(masked_frame(0x1, true, &envelope(conn_id, &frame[..])));
+        }
+    }
+    let binary_stream = (binary_stream, 0usize);
+
+    let mut worst = Memory::default();
+    let mut streams = phone_streams
+        .drain(..)
+        .chain([binary_stream])
+        .collect::<Vec<_>>();
+    let mut idle = 0;
+    while idle < 3 {
+        let mut moved = 0;
+        let clients = phones.iter_mut().map(|(p, _)| p).chain([&mut binary]);
+        for (client, (stream, at)) in clients.zip(streams.iter_mut()) {
+            let n = client.send_some(&stream[*at..]);
+            *at += n;
+            moved += n;
+        }
+        h.settle();
+        let memory = h.relay.memory();
+        if accounted(&memory) > accounted(&worst) {
+            worst = memory;
+        }
+        assert!(memory.largest_queue <= per_connection, "{memory:?}");
+        idle = if moved == 0 { idle + 1 } else { 0 };
+    }
+    let connections = h.stats().connections;
+    let bound = connections * per_connection;
+    assert!(
+        accounted(&worst) <= bound,
+        "{worst:?} over {connections} × {per_connection}"
+    );
+    // Allocated bytes: queues may hold up to twice their unsent bytes
+    // (sent bytes are dropped lazily) and Vec growth doubles again;
+    // the idle pool and the scratch buffer are global.
+    let global = 1024 * 64 * 1024 + 64 * 1024;
+    assert!(worst.allocated <= 4 * bound + global, "{worst:?}");
+    // The tight bounds by role: the binary's queue stops one message past
+    // high water; a phone is closed before its queue passes its backlog.
+    assert!(
+        worst.largest_queue <= output_bound(&config),
+        "{worst:?}, bound {}",
+        output_bound(&config)
+    );
+}
+
+/// The read-pause limit plus one pong: no queue of one connection goes
+/// further.
+fn output_bound(config: &Config) -> usize {
+    config.phone_backlog.max(config.binary_high_water) + config.max_message_size + 64 * 1024 + 131
+}
+
+#[test]
+fn a_flood_of_tiny_phone_messages_cannot_push_the_binary_queue_far_past_high_water() {
+    // Each 7-byte frame `1` becomes an envelope of ~80 bytes: one 64 KiB
+    // read of them used to add ~700 KB past high water before the relay
+    // looked at the binary's queue again.
+    let mut h = Harness::new();
+    let config = Config::default();
+    let mut binary = h.binary("tiny");
+    let (mut phone, _) = h.phone_with_id("tiny", &mut binary);
+    small_relay_send_buffer(&binary);
+    let one = masked_frame(0x1, true, b"1");
+    let stream: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 600_000)
+        .collect();
+    let mut at = 0;
+    let mut peak = 0;
+    let mut idle = 0;
+    while idle < 3 && at < stream.len() {
+        let n = phone.send_some(&stream[at..]);
+        at += n;
+        h.settle();
+        peak = peak.max(h.relay.memory().queued_output);
+        idle = if n == 0 { idle + 1 } else { 0 };
+    }
+    let envelope_len = envelope(&"c".repeat(48), b"1").len() + 10;
+    let forwarded = forwarded_phone_to_binary(&h);
+    assert!(
+        forwarded < 600_001,
+        "every message was taken: no backpressure"
+    );
+    assert!(
+        peak <= config.binary_high_water + envelope_len,
+        "{peak} bytes queued for the binary"
+    );
+}
+
+fn forwarded_phone_to_binary(h: &Harness) -> u64 {
+    let text = h.relay.metrics_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("frames_forwarded_total{direction=\"phone_to_binary\"}"))
+        .expect("the forwarded-frames metric");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}

@@ -1,0 +1,575 @@
+//! End to end with the real executable (SPEC §9, §10): flags, the
+//! `listening` log line, a binary and a phone exchanging frames over
+//! loopback, `/healthz`, SIGTERM and the exit codes, and what the logs
+//! must never contain. Real time: every wait is bounded by [`WAIT`].
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{envelope, masked_frame, upgrade_head};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
+/// The longest any one step may take before the test fails.
+const WAIT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------
+// The relay process
+// ---------------------------------------------------------------------
+
+/// A running relay, its stderr collected line by line.
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    lines: Receiver<String>,
+    log: Vec<String>,
+}
+
+impl RelayProcess {
+    /// Starts the relay on a free loopback port with `extra` flags and
+    /// waits for its `listening addr=…` line.
+    fn start(extra: &[&str]) -> RelayProcess {
+        let mut child = Command::new(RELAY)
+            .args(["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the relay");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut relay = RelayProcess {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            lines,
+            log: Vec::new(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match relay.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(err) => panic!("no `listening` line ({err:?}); log: {:#?}", relay.log),
+            };
+            relay.log.push(line.clone());
+            if let Some(rest) = line.split("listening addr=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                relay.addr = addr.parse().expect("listening address");
+                return relay;
+            }
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit (its stderr closes), keeping every
+    /// log line, and returns its status.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the relay did not exit; log: {:#?}", self.log)
+                }
+            }
+        }
+        self.child.wait().expect("wait for the relay")
+    }
+
+    fn log_text(&self) -> String {
+        self.log.join("\n")
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the relay with exactly `args` to its exit; returns the status,
+/// stdout and stderr. Fails (and kills it) if it is still running after
+/// [`WAIT`].
+fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(RELAY)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the relay");
+    let (tx, rx) = mpsc::channel();
+    for (index, mut pipe) in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send((index, text));
+        });
+    }
+    let mut outputs = [String::new(), String::new()];
+    for _ in 0..2 {
+        match rx.recv_timeout(WAIT) {
+            Ok((index, text)) => outputs[index] = text,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`pyrycode-relay {}` did not exit", args.join(" "));
+            }
+        }
+    }
+    let status = child.wait().expect("wait for the relay");
+    let [stdout, stderr] = outputs;
+    (status, stdout, stderr)
+}
+
+// ---------------------------------------------------------------------
+// A small blocking WebSocket client
+// ---------------------------------------------------------------------
+
+/// A frame the relay sent: opcode and payload.
+#[derive(Debug, PartialEq, Eq)]
+struct Frame {
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+struct Ws {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to the relay");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads into `buf` until it holds `\r\n\r\n`; returns the head's length.
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!(
+                "EOF before a response head: {:?}",
+                String::from_utf8_lossy(buf)
+            ),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => panic!("no response head: {err}"),
+        }
+    }
+}
+
+/// Status and head text of the response in front of `buf`, removed from it.
+fn take_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    let len = read_head(stream, buf);
+    let head = String::from_utf8(buf.drain(..len).collect()).expect("head is text");
+    let status = head[9..12].parse().expect("status code");
+    (status, head)
+}
+
+/// One HTTP request on a fresh connection; returns status, head and body
+/// (everything up to EOF).
+fn http(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = tcp(addr);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let (status, head) = take_head(&mut stream, &mut buf);
+    stream.read_to_end(&mut buf).expect("body up to EOF");
+    (status, head, buf)
+}
+
+impl Ws {
+    /// Upgrades on `path` with `headers`; asserts the 101.
+    fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Ws {
+        let mut stream = tcp(addr);
+        stream
+            .write_all(upgrade_head(path, headers).as_bytes())
+            .unwrap();
+        let mut buf = Vec::new();
+        let (status, head) = take_head(&mut stream, &mut buf);
+        assert_eq!(status, 101, "upgrade refused: {head}");
+        Ws { stream, buf }
+    }
+
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        self.stream
+            .write_all(&masked_frame(opcode, true, payload))
+            .expect("send a frame");
+    }
+
+    fn send_text(&mut self, payload: &[u8]) {
+        self.send(0x1, payload);
+    }
+
+    /// The next frame, waiting at most [`WAIT`].
+    fn recv(&mut self) -> Frame {
+        loop {
+            if let Some(frame) = self.parse() {
+                return frame;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("EOF while waiting for a frame"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => panic!("no frame arrived: {err}"),
+            }
+        }
+    }
+
+    /// The next frame that is not a ping or pong; pings are answered.
+    fn recv_data(&mut self) -> Frame {
+        loop {
+            let frame = self.recv();
+            match frame.opcode {
+                0x9 => self.send(0xA, &frame.payload),
+                0xA => {}
+                _ => return frame,
+            }
+        }
+    }
+
+    fn recv_text(&mut self) -> Vec<u8> {
+        let frame = self.recv_data();
+        assert_eq!(frame.opcode, 0x1, "expected text, got {frame:?}");
+        frame.payload
+    }
+
+    /// Expects a close frame, echoes it, and waits for EOF; returns the
+    /// code and reason.
+    fn expect_close(&mut self) -> (u16, String) {
+        let frame = self.recv_data();
+        assert_eq!(frame.opcode, 0x8, "expected a close, got {frame:?}");
+        assert!(frame.payload.len() >= 2, "close without a code");
+        let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+        let reason = String::from_utf8(frame.payload[2..].to_vec()).expect("UTF-8 reason");
+        self.send(0x8, &frame.payload[..2]);
+        self.wait_eof();
+        (code, reason)
+    }
+
+    fn wait_eof(&mut self) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::ConnectionReset => return,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => panic!("no EOF: {err}"),
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Option<Frame> {
+        let buf = &self.buf;
+        if buf.len() < 2 {
+            return None;
+        }
+        assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
+        assert_eq!(buf[0] & 0xF0, 0x80, "final frame, no reserved bits");
+        let (len, header) = match buf[1] & 0x7F {
+            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+            127 if buf.len() >= 10 => (
+                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        if buf.len() < header + len {
+            return None;
+        }
+        let frame = Frame {
+            opcode: buf[0] & 0x0F,
+            payload: buf[header..header + len].to_vec(),
+        };
+        self.buf.drain(..header + len);
+        Some(frame)
+    }
+}
+
+/// The conn_id of a phone→binary envelope, checking the envelope is
+/// exactly `{"conn_id":…,"frame":<inner>}`.
+fn conn_id_of(wrapped: &[u8], inner: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(wrapped).expect("envelope is JSON");
+    let conn_id = value["conn_id"].as_str().expect("conn_id").to_string();
+    assert_eq!(wrapped, envelope(&conn_id, inner), "envelope byte-exact");
+    conn_id
+}
+
+fn binary_headers<'a>(server_id: &'a str, user_agent: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("X-Pyrycode-Server", server_id),
+        ("X-Pyrycode-Version", "0.9.0"),
+        ("User-Agent", user_agent),
+    ]
+}
+
+fn phone_headers<'a>(
+    server_id: &'a str,
+    token: &'a str,
+    user_agent: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("X-Pyrycode-Server", server_id),
+        ("X-Pyrycode-Token", token),
+        ("X-Pyrycode-Device-Name", "Pixel"),
+        ("User-Agent", user_agent),
+    ]
+}
+
+// ---------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------
+
+#[test]
+fn serves_routes_answers_healthz_and_shuts_down_cleanly_on_sigterm() {
+    let mut relay = RelayProcess::start(&[
+        "--grace-period",
+        "200ms",
+        "--ping-interval",
+        "1s",
+        "--drain-timeout",
+        "3s",
+    ]);
+    let addr = relay.addr;
+    let mut binary = Ws::connect(
+        addr,
+        "/v1/server",
+        &binary_headers("proc-srv", "pyry/0.9.0"),
+    );
+    let mut phone = Ws::connect(
+        addr,
+        "/v1/client",
+        &phone_headers("proc-srv", "opaque", "okhttp/4.12"),
+    );
+
+    let up = br#"{"v":2, "type":"noise_msg" ,"data":"AAEC\u00e9","n":[1.50, -0]}"#;
+    phone.send_text(up);
+    let conn_id = conn_id_of(&binary.recv_text(), up);
+    assert!(conn_id.starts_with("client-proc-srv-"), "{conn_id}");
+
+    let down = br#"{ "type" : "noise_msg", "data":"/wD+", "x":"\ud83d\ude00" }"#;
+    binary.send_text(&envelope(&conn_id, down));
+    assert_eq!(phone.recv_text(), down.to_vec(), "byte-exact to the phone");
+
+    let (status, head, body) = http(addr, "GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
+    assert_eq!(status, 200, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/json; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(lower.contains("cache-control: no-store\r\n"), "{head}");
+    let body = String::from_utf8(body).unwrap();
+    let prefix = format!(
+        "{{\"status\":\"ok\",\"version\":\"{}\",\"connected_binaries\":1,\"connected_phones\":1,\"uptime_seconds\":",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(body.starts_with(&prefix), "healthz body: {body}");
+
+    relay.signal(libc::SIGTERM);
+    assert_eq!(binary.expect_close(), (1001, "shutting down".to_string()));
+    assert_eq!(phone.expect_close(), (1001, "shutting down".to_string()));
+    drop((binary, phone));
+
+    let status = relay.wait_exit();
+    assert_eq!(status.code(), Some(0), "log: {}", relay.log_text());
+    assert!(relay.log_text().contains("shutdown_complete"));
+}
+
+#[test]
+fn sigint_shuts_down_too_and_the_listener_is_closed() {
+    let mut relay = RelayProcess::start(&["--drain-timeout", "3s"]);
+    let addr = relay.addr;
+    let mut binary = Ws::connect(
+        addr,
+        "/v1/server",
+        &binary_headers("proc-int", "pyry/0.9.0"),
+    );
+    relay.signal(libc::SIGINT);
+    assert_eq!(binary.expect_close(), (1001, "shutting down".to_string()));
+    drop(binary);
+    assert_eq!(relay.wait_exit().code(), Some(0));
+    assert!(TcpStream::connect(addr).is_err(), "still listening");
+}
+
+#[test]
+fn logs_never_contain_tokens_user_agents_or_frame_bytes() {
+    // Every secret below contains this marker; the log must not.
+    const MARK: &str = "5ecret";
+    let mut relay = RelayProcess::start(&["--log-level", "trace", "--drain-timeout", "3s"]);
+    let addr = relay.addr;
+    let token = "tok-5ecret-7c41e2";
+    let phone_ua = "okhttp-5ecret-UA/4.12";
+    let binary_ua = "pyry-5ecret-UA/0.9.0";
+
+    let mut binary = Ws::connect(addr, "/v1/server", &binary_headers("log-srv", binary_ua));
+    let mut phone = Ws::connect(
+        addr,
+        "/v1/client",
+        &phone_headers("log-srv", token, phone_ua),
+    );
+    let up = br#"{"data":"FRAME-5ecret-up"}"#;
+    phone.send_text(up);
+    let conn_id = conn_id_of(&binary.recv_text(), up);
+    binary.send_text(&envelope(&conn_id, br#""FRAME-5ecret-down""#));
+    assert_eq!(phone.recv_text(), br#""FRAME-5ecret-down""#.to_vec());
+
+    // Envelopes the relay warns about and drops.
+    binary.send_text(&envelope(
+        "client-log-srv-nobody",
+        br#""FRAME-5ecret-unknown""#,
+    ));
+    binary.send_text(b"FRAME-5ecret-not-json");
+    binary.send_text(br#"{"conn_id":7,"frame":"FRAME-5ecret-badtype"}"#);
+    binary.send_text(br#"{"push_wake":{"platform":"fcm","token":"push-5ecret-token"}}"#);
+    // A phone whose message is not JSON is closed 1007.
+    let mut bad_phone = Ws::connect(
+        addr,
+        "/v1/client",
+        &phone_headers("log-srv", token, phone_ua),
+    );
+    bad_phone.send_text(b"FRAME-5ecret-garbage {");
+    assert_eq!(bad_phone.expect_close().0, 1007);
+    let notice: serde_json::Value = serde_json::from_slice(&binary.recv_text()).unwrap();
+    assert_eq!(notice["close_code"], 1007, "{notice}");
+    assert!(notice.get("frame").is_none(), "{notice}");
+    // Refused upgrades that carried the secrets.
+    let mut wrong_version = upgrade_head("/v1/client", &phone_headers("log-srv", token, phone_ua));
+    wrong_version = wrong_version.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+    assert_eq!(http(addr, &wrong_version).0, 426);
+    let no_server = upgrade_head("/v1/client", &phone_headers("log-srv", "", phone_ua));
+    assert_eq!(http(addr, &no_server).0, 400);
+    let mut lost = Ws::connect(
+        addr,
+        "/v1/client",
+        &phone_headers("nobody-srv", token, phone_ua),
+    );
+    assert_eq!(
+        lost.expect_close(),
+        (4404, "no server with that id".to_string())
+    );
+
+    // The binary still works after all that.
+    phone.send_text(br#"{"still":"FRAME-5ecret-alive"}"#);
+    assert_eq!(
+        binary.recv_text(),
+        envelope(&conn_id, br#"{"still":"FRAME-5ecret-alive"}"#)
+    );
+
+    relay.signal(libc::SIGTERM);
+    binary.expect_close();
+    phone.expect_close();
+    drop((binary, phone, bad_phone, lost));
+    assert_eq!(relay.wait_exit().code(), Some(0));
+
+    let log = relay.log_text();
+    // The events happened and were logged...
+    for event in [
+        "server_claimed",
+        "phone_connected",
+        "envelope_dropped",
+        "push_wake_dropped",
+        "phone_message_invalid",
+        "phone_refused",
+    ] {
+        assert!(log.contains(event), "no {event} in the log:\n{log}");
+    }
+    // ...without the secrets.
+    for line in &relay.log {
+        for secret in [MARK, "okhttp", "pyry-", token, phone_ua, binary_ua, "FRAME"] {
+            assert!(!line.contains(secret), "the log leaks {secret:?}: {line}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_flag_exits_2_with_a_one_line_reason() {
+    for args in [
+        &["--grace-period", "soon"][..],
+        &["--metrics-listen", "0.0.0.0:9090"],
+        &["--no-such-flag"],
+        &["--max-message-size", "lots"],
+    ] {
+        let (status, stdout, stderr) = run_to_exit(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stdout, "", "{args:?}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: not one line: {stderr:?}");
+        let flag = args[0].trim_start_matches('-');
+        assert!(
+            lines[0].contains(flag),
+            "{args:?}: reason lacks the flag: {stderr:?}"
+        );
+    }
+    let (_, _, stderr) = run_to_exit(&["--grace-period", "soon"]);
+    assert!(stderr.contains("soon"), "{stderr}");
+}
+
+#[test]
+fn version_prints_the_version_and_exits_0() {
+    let (status, stdout, stderr) = run_to_exit(&["--version"]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stdout.trim_end(),
+        format!("pyrycode-relay {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_listen_address_in_use_exits_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+
+    let (status, _, stderr) =
+        run_to_exit(&["--insecure-listen", &taken_addr, "--metrics-listen", ""]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("listen_failed"), "{stderr}");
+
+    let (status, _, stderr) = run_to_exit(&[
+        "--insecure-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &taken_addr,
+    ]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("listen_failed"), "{stderr}");
+    drop(taken);
+}

@@ -1,0 +1,618 @@
+//! The binary slot of a server-id (SPEC §3, §4): first claim, conflict
+//! probe, takeover, grace, reclaim, expiry, stale grace timers, phones
+//! without a server, the phone cap, and the shape of conn_ids.
+//!
+//! Every test runs the real relay loop in-process with a manual clock, so
+//! a 30 s grace window or a 10 s conflict probe takes no real time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A phone and its binary exchange one frame each way, byte-exact.
+fn assert_exchange(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
+    let up = br#"{"ping" : [1, 2, {"x":"y"}]}"#;
+    phone.send_text(h, up);
+    assert_eq!(binary.recv_text(h), envelope(conn_id, up));
+    let down = br#"{ "pong":true }"#;
+    binary.send_text(h, &envelope(conn_id, down));
+    assert_eq!(phone.recv_text(h), down.to_vec());
+}
+
+/// Asserts the next frame is the relay's conflict probe.
+fn expect_probe(h: &mut Harness, holder: &mut Client) {
+    assert_eq!(holder.recv(h), Msg::Ping(b"conflict-probe".to_vec()));
+}
+
+/// The `/healthz` body, as text.
+fn healthz(h: &mut Harness) -> String {
+    let (status, _, mut client) = h.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
+    assert_eq!(status, 200);
+    String::from_utf8(client.body_until_eof(h)).unwrap()
+}
+
+// ---------------------------------------------------------------- claims
+
+#[test]
+fn first_claim_wins_and_the_binary_gets_no_hello() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv-a");
+    binary.assert_no_data(&mut h);
+    assert_eq!(h.stats().binaries, 1);
+    let (mut phone, conn_id) = h.phone_with_id("srv-a", &mut binary);
+    assert_exchange(&mut h, &mut binary, &mut phone, &conn_id);
+    // A claim of another server-id is independent.
+    let mut other = h.binary("srv-b");
+    other.assert_no_data(&mut h);
+    binary.assert_no_data(&mut h);
+    assert_eq!(h.stats().binaries, 2);
+}
+
+#[test]
+fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+
+    let mut newcomer = h.binary("srv"); // gets its 101 first
+    expect_probe(&mut h, &mut holder);
+    // Nothing is decided before the holder answers.
+    newcomer.assert_no_data(&mut h);
+    h.advance(secs(9));
+    newcomer.assert_no_data(&mut h);
+
+    holder.send_pong(&mut h, b"conflict-probe");
+    assert_eq!(
+        newcomer.expect_closed_by_relay(&mut h),
+        (Some(4409), "server-id already claimed".to_string())
+    );
+
+    // The holder and its phone are untouched, also once the probe's
+    // deadline has passed.
+    h.advance(secs(5));
+    holder.assert_no_data(&mut h);
+    phone.assert_no_data(&mut h);
+    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+    let stats = h.stats();
+    assert_eq!((stats.binaries, stats.phones), (1, 1));
+}
+
+#[test]
+fn the_losing_challenger_is_never_read() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+
+    let mut newcomer = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    // While the probe runs, the newcomer's envelopes are not acted on.
+    newcomer.send_text(&mut h, &envelope(&conn_id, br#"{"from":"newcomer"}"#));
+    phone.assert_no_data(&mut h);
+
+    holder.send_pong(&mut h, b"conflict-probe");
+    assert_eq!(newcomer.recv_close(&mut h).0, Some(4409));
+    phone.assert_no_data(&mut h);
+    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+}
+
+#[test]
+fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+
+    let mut newcomer = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+
+    h.advance(secs(9));
+    holder.assert_no_data(&mut h);
+    old_phone.assert_no_data(&mut h);
+    newcomer.assert_no_data(&mut h);
+
+    h.advance(SECOND);
+    assert_eq!(
+        holder.expect_closed_by_relay(&mut h),
+        (Some(1011), "heartbeat timeout".to_string())
+    );
+    assert_eq!(
+        old_phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary reclaimed server-id".to_string())
+    );
+    // The new holder gets no close notice for the old holder's phones.
+    newcomer.assert_no_data(&mut h);
+    let stats = h.stats();
+    assert_eq!((stats.binaries, stats.phones), (1, 0));
+
+    let (mut new_phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
+    assert_exchange(&mut h, &mut newcomer, &mut new_phone, &conn_id);
+    let stats = h.stats();
+    assert_eq!((stats.binaries, stats.phones), (1, 1));
+}
+
+#[test]
+fn a_taken_over_holder_does_not_open_a_grace_window() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let mut newcomer = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    h.advance(secs(10));
+    assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
+    drop(holder);
+    // Well past a grace period: the newcomer still holds the slot.
+    h.advance(secs(20));
+    newcomer.send_pong(&mut h, b"");
+    h.advance(secs(20));
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
+    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    assert_eq!(h.stats().binaries, 1);
+}
+
+#[test]
+fn a_third_claim_during_the_probe_is_refused_at_once() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+    let mut second = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+
+    let mut third = h.binary("srv");
+    assert_eq!(
+        third.expect_closed_by_relay(&mut h),
+        (Some(4409), "server-id already claimed".to_string())
+    );
+    // Only one probe was sent.
+    holder.assert_no_data(&mut h);
+    second.assert_no_data(&mut h);
+
+    // The running probe still decides between holder and second claimant.
+    h.advance(secs(10));
+    assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
+    assert_eq!(
+        old_phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary reclaimed server-id".to_string())
+    );
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
+    assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
+}
+
+#[test]
+fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+    let mut newcomer = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+
+    drop(holder);
+    assert_eq!(
+        old_phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary reclaimed server-id".to_string())
+    );
+    newcomer.assert_no_data(&mut h);
+    assert_eq!(h.stats().binaries, 1);
+
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
+    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    // The probe deadline passing changes nothing.
+    h.advance(secs(10));
+    newcomer.assert_no_data(&mut h);
+    phone.assert_no_data(&mut h);
+    assert_eq!(h.stats().binaries, 1);
+}
+
+#[test]
+fn a_challenger_leaving_during_the_probe_leaves_the_holder_in_place() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+    let newcomer = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    drop(newcomer);
+    h.settle();
+
+    // A late answer and the old deadline change nothing.
+    holder.send_pong(&mut h, b"conflict-probe");
+    h.advance(secs(10));
+    holder.assert_no_data(&mut h);
+    phone.assert_no_data(&mut h);
+    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+
+    // The slot is plainly held again: the next claim is probed, not refused.
+    let mut later = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    holder.send_pong(&mut h, b"conflict-probe");
+    assert_eq!(later.recv_close(&mut h).0, Some(4409));
+}
+
+#[test]
+fn each_probe_has_its_own_deadline() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let mut first = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    holder.send_pong(&mut h, b"conflict-probe");
+    assert_eq!(first.recv_close(&mut h).0, Some(4409));
+
+    h.advance(secs(5));
+    let mut second = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    // 10 s after the first claim, 5 s into the second probe: nothing yet.
+    h.advance(secs(5));
+    holder.assert_no_data(&mut h);
+    second.assert_no_data(&mut h);
+    h.advance(Duration::from_millis(4_990));
+    holder.assert_no_data(&mut h);
+    h.advance(Duration::from_millis(10));
+    assert_eq!(
+        holder.recv_close(&mut h),
+        (Some(1011), "heartbeat timeout".to_string())
+    );
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
+    assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
+}
+
+// ----------------------------------------------------------------- grace
+
+#[test]
+fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv");
+    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    assert!(healthz(&mut h).contains(r#""connected_binaries":1,"connected_phones":1,"#));
+
+    drop(binary);
+    let stats = h.stats();
+    assert_eq!((stats.binaries, stats.phones), (0, 1));
+    assert!(healthz(&mut h).contains(r#""connected_binaries":0,"connected_phones":1,"#));
+    phone.assert_no_data(&mut h);
+}
+
+#[test]
+fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv");
+    let (mut phone1, _) = h.phone_with_id("srv", &mut binary);
+    let (mut phone2, _) = h.phone_with_id("srv", &mut binary);
+
+    binary.send_close(&mut h, 1000, "");
+    assert_eq!(binary.recv_close(&mut h), (Some(1000), String::new()));
+    binary.wait_eof(&mut h);
+    assert_eq!(h.stats().binaries, 0);
+
+    h.advance(secs(29));
+    phone1.assert_no_data(&mut h);
+    phone2.assert_no_data(&mut h);
+
+    // Reclaim: accepted at once, no probe, the old phones are closed.
+    let mut restarted = h.binary("srv");
+    for phone in [&mut phone1, &mut phone2] {
+        assert_eq!(
+            phone.expect_closed_by_relay(&mut h),
+            (Some(4404), "binary reclaimed server-id".to_string())
+        );
+    }
+    // No close notices for phones of the previous binary.
+    restarted.assert_no_data(&mut h);
+    let stats = h.stats();
+    assert_eq!((stats.binaries, stats.phones), (1, 0));
+
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut restarted);
+    // The old grace timer (due at 30 s) must not free the reclaimed slot.
+    h.advance(secs(2));
+    restarted.send_pong(&mut h, b"");
+    phone.send_pong(&mut h, b"");
+    phone.assert_no_data(&mut h);
+    assert_exchange(&mut h, &mut restarted, &mut phone, &conn_id);
+}
+
+#[test]
+fn grace_expires_after_exactly_the_grace_period() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv");
+    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    drop(binary);
+    h.settle();
+
+    h.advance(secs(29));
+    phone.assert_no_data(&mut h);
+    assert_eq!(h.stats().phones, 1);
+
+    h.advance(SECOND);
+    assert_eq!(
+        phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary gone".to_string())
+    );
+    assert_eq!(h.stats().phones, 0);
+
+    // The slot is free: a new phone finds no server, a new binary is fresh.
+    let (status, _, mut late) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+    assert_eq!(
+        late.expect_closed_by_relay(&mut h),
+        (Some(4404), "no server with that id".to_string())
+    );
+    let mut fresh = h.binary("srv");
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut fresh);
+    assert_exchange(&mut h, &mut fresh, &mut phone, &conn_id);
+}
+
+#[test]
+fn a_phone_arriving_during_grace_is_accepted_then_closed_on_expiry() {
+    let mut h = Harness::new();
+    let binary = h.binary("srv");
+    drop(binary);
+    h.advance(secs(10));
+
+    let (status, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+    phone.assert_no_data(&mut h);
+    assert_eq!(h.stats().phones, 1);
+
+    h.advance(secs(19));
+    phone.assert_no_data(&mut h);
+    h.advance(SECOND);
+    assert_eq!(
+        phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary gone".to_string())
+    );
+}
+
+#[test]
+fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
+    let mut h = Harness::new();
+    let binary = h.binary("srv");
+    drop(binary);
+    h.advance(secs(5));
+
+    let (status, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+    // Read during grace: its pings are answered, but its messages have no
+    // binary to go to (the next one closes it anyway) and are not queued.
+    phone.send_text(&mut h, br#"{"early":1}"#);
+    phone.send_ping(&mut h, b"still-there?");
+    assert_eq!(phone.recv(&mut h), Msg::Pong(b"still-there?".to_vec()));
+    phone.assert_no_data(&mut h);
+    assert!(h
+        .relay
+        .metrics_text()
+        .contains("pyrycode_relay_phone_messages_dropped_total 1"));
+
+    let mut restarted = h.binary("srv");
+    assert_eq!(
+        phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary reclaimed server-id".to_string())
+    );
+    // The new binary never sees the stale phone's messages nor a notice.
+    restarted.assert_no_data(&mut h);
+    assert_eq!(h.stats().phones, 0);
+}
+
+#[test]
+fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv");
+    let (phone, _) = h.phone_with_id("srv", &mut binary);
+    let (mut stays, _) = h.phone_with_id("srv", &mut binary);
+    drop(binary);
+    h.advance(secs(3));
+    // A phone that gives up during grace frees its place at once (the app
+    // redials; stale phones must not pile up toward the cap)...
+    drop(phone);
+    assert_eq!(h.stats().phones, 1);
+
+    // ...and the next binary does not hear of it.
+    let mut restarted = h.binary("srv");
+    assert_eq!(stays.recv_close(&mut h).0, Some(4404));
+    restarted.assert_no_data(&mut h);
+}
+
+#[test]
+fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
+    let mut h = Harness::new();
+    // t=0: the first binary leaves; its grace timer is due at 30 s.
+    let mut first = h.binary("srv");
+    let (mut phone1, _) = h.phone_with_id("srv", &mut first);
+    drop(first);
+    h.settle();
+
+    // t=10: reclaimed.
+    h.advance(secs(10));
+    let mut second = h.binary("srv");
+    assert_eq!(
+        phone1.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary reclaimed server-id".to_string())
+    );
+    let (mut phone2, _) = h.phone_with_id("srv", &mut second);
+
+    // t=20: the second binary leaves; its grace window ends at 50 s.
+    h.advance(secs(10));
+    drop(second);
+    h.settle();
+    let (status, _, mut phone3) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+
+    // t=31: the first timer has fired and must have been ignored.
+    h.advance(secs(11));
+    phone2.assert_no_data(&mut h);
+    phone3.assert_no_data(&mut h);
+    let (status, _, mut phone4) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+    phone4.assert_no_data(&mut h);
+    assert_eq!(h.stats().phones, 3);
+
+    // t=49: still waiting.
+    h.advance(secs(18));
+    for phone in [&mut phone2, &mut phone3, &mut phone4] {
+        phone.assert_no_data(&mut h);
+    }
+    // t=50: the second window ends.
+    h.advance(SECOND);
+    for phone in [&mut phone2, &mut phone3, &mut phone4] {
+        assert_eq!(
+            phone.expect_closed_by_relay(&mut h),
+            (Some(4404), "binary gone".to_string())
+        );
+    }
+    assert_eq!(h.stats().phones, 0);
+}
+
+#[test]
+fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
+    let mut h = Harness::with_config(|c| c.ping_interval = Duration::from_secs(3600));
+    let first = h.binary("srv");
+    drop(first);
+    h.advance(secs(29));
+    let second = h.binary("srv");
+    h.settle();
+    drop(second);
+    h.settle();
+    let (_, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
+    // 29 s into the new window (58 s after the first release): still open.
+    h.advance(secs(29));
+    phone.assert_no_data(&mut h);
+    h.advance(SECOND);
+    assert_eq!(
+        phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary gone".to_string())
+    );
+}
+
+#[test]
+fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
+    let mut h = Harness::with_config(|c| c.grace_period = secs(300));
+    let mut binary = h.binary("srv");
+    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    drop(binary);
+    for _ in 0..29 {
+        h.advance(secs(10));
+        while let Some(msg) = phone.try_recv(&mut h) {
+            let Msg::Ping(payload) = msg else {
+                panic!("unexpected {msg:?}");
+            };
+            phone.send_pong(&mut h, &payload);
+        }
+    }
+    assert_eq!(h.stats().phones, 1);
+    let _restarted = h.binary("srv");
+    assert_eq!(
+        phone.recv_close(&mut h),
+        (Some(4404), "binary reclaimed server-id".to_string())
+    );
+}
+
+#[test]
+fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
+    let mut h = Harness::with_config(|c| c.grace_period = secs(300));
+    let mut binary = h.binary("srv");
+    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    drop(binary);
+    h.advance_in_steps(secs(59), secs(1));
+    assert_eq!(h.stats().phones, 1);
+    h.advance(secs(1));
+    assert_eq!(
+        phone.recv_close(&mut h),
+        (Some(1011), "heartbeat timeout".to_string())
+    );
+    assert_eq!(h.stats().phones, 0);
+}
+
+// ------------------------------------------------------ phones and conn_ids
+
+#[test]
+fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
+    let mut h = Harness::new();
+    let mut other = h.binary("srv-other");
+    let (status, head, mut phone) = h.upgrade("/v1/client", &phone_headers("srv-missing"));
+    assert_eq!(status, 101, "{head}");
+    assert_eq!(
+        phone.expect_closed_by_relay(&mut h),
+        (Some(4404), "no server with that id".to_string())
+    );
+    assert_eq!(h.stats().phones, 0);
+    other.assert_no_data(&mut h);
+}
+
+#[test]
+fn the_phone_cap_refuses_with_4429() {
+    let mut h = Harness::with_config(|c| c.max_phones_per_server = 2);
+    let mut binary = h.binary("srv");
+    let (mut phone1, _) = h.phone_with_id("srv", &mut binary);
+    let (mut phone2, id2) = h.phone_with_id("srv", &mut binary);
+
+    let (status, _, mut third) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+    assert_eq!(
+        third.expect_closed_by_relay(&mut h),
+        (Some(4429), "too many phones for server-id".to_string())
+    );
+    // A refused phone was never the binary's: no notice.
+    binary.assert_no_data(&mut h);
+    assert_eq!(h.stats().phones, 2);
+
+    // The cap is per server-id.
+    let mut elsewhere = h.binary("srv-2");
+    let (_p, _) = h.phone_with_id("srv-2", &mut elsewhere);
+
+    // A free place is taken again.
+    phone2.send_close(&mut h, 1000, "");
+    assert_eq!(binary.recv_text(&mut h), close_notice(&id2, 1000));
+    let (mut phone3, id3) = h.phone_with_id("srv", &mut binary);
+    assert_exchange(&mut h, &mut binary, &mut phone3, &id3);
+    phone1.assert_no_data(&mut h);
+}
+
+#[test]
+fn the_default_phone_cap_is_16() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv");
+    let mut phones = Vec::new();
+    for _ in 0..16 {
+        phones.push(h.phone_with_id("srv", &mut binary));
+    }
+    let (status, _, mut extra) = h.upgrade("/v1/client", &phone_headers("srv"));
+    assert_eq!(status, 101);
+    assert_eq!(
+        extra.expect_closed_by_relay(&mut h),
+        (Some(4429), "too many phones for server-id".to_string())
+    );
+    assert_eq!(h.stats().phones, 16);
+}
+
+#[test]
+fn conn_ids_have_the_spec_shape_and_never_repeat() {
+    let sid = "0b1e7c4a-5f6d-4e2a-9c3b-1a2b3c4d5e6f";
+    let mut h = Harness::new();
+    let mut binary = h.binary(sid);
+    let mut seen = std::collections::HashSet::new();
+    let mut open = Vec::new();
+    for round in 0..20 {
+        let (mut phone, conn_id) = h.phone_with_id(sid, &mut binary);
+        let prefix = format!("client-{sid}-");
+        let hex = conn_id
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("bad conn_id {conn_id}"));
+        assert_eq!(hex.len(), 32, "{conn_id}");
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{conn_id}"
+        );
+        assert!(seen.insert(conn_id.clone()), "conn_id repeated: {conn_id}");
+        if round % 2 == 0 {
+            // Reconnecting phones get new ids too.
+            phone.send_close(&mut h, 1000, "");
+            assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1000));
+        } else {
+            open.push(phone);
+        }
+    }
+    assert_eq!(h.stats().phones, open.len());
+}

@@ -1,0 +1,1094 @@
+//! SPEC §2 (and the `/healthz` of §10) over real sockets: routes, the
+//! header gate, the WebSocket handshake rules, the order of the checks,
+//! the admission limits, the 101 answer, and the request-head limits.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use common::*;
+
+/// The RFC 6455 §1.3 sample nonce and its accept value.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+type Headers = Vec<(String, String)>;
+
+/// The WebSocket part of a valid upgrade request.
+fn ws_headers() -> Headers {
+    [
+        ("Host", "relay.test"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", KEY),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect()
+}
+
+fn owned(headers: Vec<(&'static str, String)>) -> Headers {
+    headers
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+}
+
+/// Every header a valid binary upgrade carries.
+fn server_request(server_id: &str) -> Headers {
+    let mut headers = ws_headers();
+    headers.extend(owned(binary_headers(server_id)));
+    headers
+}
+
+/// Every header a valid phone upgrade carries.
+fn client_request(server_id: &str) -> Headers {
+    let mut headers = ws_headers();
+    headers.extend(owned(phone_headers(server_id)));
+    headers
+}
+
+/// A request head with exactly these headers, in this order.
+fn head(method: &str, path: &str, headers: &[(String, String)]) -> String {
+    let mut out = format!("{method} {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// `headers` without any header called `name` (case-insensitive).
+fn without(headers: &[(String, String)], name: &str) -> Headers {
+    headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect()
+}
+
+/// `headers` with the header `name` set to `value` (replaced, or added).
+fn with(headers: &[(String, String)], name: &str, value: &str) -> Headers {
+    let mut out = without(headers, name);
+    out.push((name.to_string(), value.to_string()));
+    out
+}
+
+/// The values of response header `name` (case-insensitive).
+fn header_values(response: &str, name: &str) -> Vec<String> {
+    response
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// The lowercase names of every response header, in order.
+fn header_names(response: &str) -> Vec<String> {
+    response
+        .split("\r\n")
+        .skip(1)
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            line.split_once(':')
+                .expect("header line has a colon")
+                .0
+                .to_ascii_lowercase()
+        })
+        .collect()
+}
+
+fn status_of(h: &mut Harness, request: &str) -> u16 {
+    h.request(request).0
+}
+
+/// Asserts that `request` gets `expected` with an empty body and that the
+/// relay then closes the connection. Returns the response head.
+fn assert_refused(h: &mut Harness, request: &str, expected: u16) -> String {
+    let (status, response, mut client) = h.request(request);
+    assert_eq!(
+        status, expected,
+        "request:\n{request}\nresponse:\n{response}"
+    );
+    assert_eq!(header_values(&response, "Content-Length"), vec!["0"]);
+    assert_eq!(client.body_until_eof(h), b"", "refusals have an empty body");
+    response
+}
+
+/// Asserts the relay has sent nothing to `client` yet (and not closed it).
+fn assert_nothing_received(h: &mut Harness, client: &mut Client) {
+    h.settle();
+    match client.stream.peek(&mut [0u8; 1]) {
+        Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+        Ok(0) => panic!("the relay closed the connection"),
+        Ok(_) => panic!("the relay answered too early"),
+        Err(err) => panic!("peek failed: {err}"),
+    }
+}
+
+fn healthz(h: &mut Harness) -> (String, serde_json::Value) {
+    let (status, response, mut client) =
+        h.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
+    assert_eq!(status, 200, "{response}");
+    let body = String::from_utf8(client.body_until_eof(h)).expect("healthz body is UTF-8");
+    let value = serde_json::from_str(&body).expect("healthz body is JSON");
+    (body, value)
+}
+
+fn counts(h: &mut Harness) -> (u64, u64) {
+    let (_, value) = healthz(h);
+    (
+        value["connected_binaries"].as_u64().unwrap(),
+        value["connected_phones"].as_u64().unwrap(),
+    )
+}
+
+/// A head of exactly `total` bytes: a valid binary upgrade padded with a
+/// filler header.
+fn padded_server_head(total: usize) -> String {
+    let bare = head("GET", "/v1/server", &server_request("srv-pad"));
+    let overhead = bare.len() + "X-Filler: \r\n".len();
+    let filler = "a".repeat(total - overhead);
+    let out = head(
+        "GET",
+        "/v1/server",
+        &with(&server_request("srv-pad"), "X-Filler", &filler),
+    );
+    assert_eq!(out.len(), total);
+    out
+}
+
+// ---------------------------------------------------------------- routes
+
+#[test]
+fn websocket_routes_upgrade_and_ignore_the_query_string() {
+    let mut h = Harness::new();
+    let mut open = Vec::new();
+    for (path, headers) in [
+        ("/v1/server", server_request("srv-1")),
+        ("/v1/server?x=1", server_request("srv-2")),
+        ("/v1/server?", server_request("srv-3")),
+        ("/v1/client", client_request("srv-1")),
+        ("/v1/client?x=1&y=2", client_request("srv-2")),
+    ] {
+        let (status, response, client) = h.request(&head("GET", path, &headers));
+        assert_eq!(status, 101, "{path}: {response}");
+        open.push(client);
+    }
+    assert_eq!(h.stats().binaries, 3);
+    assert_eq!(h.stats().phones, 2);
+}
+
+#[test]
+fn every_other_path_is_404_even_with_valid_upgrade_headers() {
+    let mut h = Harness::new();
+    for path in [
+        "/v1/serverX",
+        "/v1/server/",
+        "/v1/server/x",
+        "/V1/SERVER",
+        "/v1/clients",
+        "/v1/client/",
+        "/v1",
+        "/",
+        "/healthzX",
+        "/healthz/",
+        "/metrics",
+        "/v1/serverX?x=/v1/server",
+    ] {
+        let (status, response, _) = h.request(&head("GET", path, &server_request("srv-1")));
+        assert_eq!(status, 404, "{path}: {response}");
+    }
+    assert_eq!(
+        status_of(&mut h, "DELETE /nope HTTP/1.1\r\nHost: r\r\n\r\n"),
+        404
+    );
+    assert_eq!(status_of(&mut h, "GET / HTTP/1.0\r\n\r\n"), 404);
+    assert_eq!(h.stats().binaries, 0);
+}
+
+#[test]
+fn healthz_answers_any_method_and_ignores_the_query_string() {
+    let mut h = Harness::new();
+    for request in [
+        "GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n",
+        "POST /healthz HTTP/1.1\r\nHost: relay.test\r\nContent-Length: 0\r\n\r\n",
+        "PUT /healthz HTTP/1.1\r\nHost: relay.test\r\nContent-Length: 0\r\n\r\n",
+        "DELETE /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n",
+        "OPTIONS /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n",
+        "GET /healthz?verbose=1 HTTP/1.1\r\nHost: relay.test\r\n\r\n",
+        "GET /healthz HTTP/1.0\r\n\r\n",
+    ] {
+        let (status, response, mut client) = h.request(request);
+        assert_eq!(status, 200, "{request}: {response}");
+        let body = client.body_until_eof(&mut h);
+        assert!(body.starts_with(b"{\"status\":\"ok\""), "{request}");
+    }
+}
+
+// ---------------------------------------------------------------- healthz
+
+#[test]
+fn healthz_body_and_headers_are_exact() {
+    let mut h = Harness::with_config(|c| c.version = "1.2.3-test".to_string());
+    let (status, response, mut client) =
+        h.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert_eq!(
+        header_values(&response, "Content-Type"),
+        vec!["application/json; charset=utf-8"]
+    );
+    assert_eq!(header_values(&response, "Cache-Control"), vec!["no-store"]);
+    let body = client.body_until_eof(&mut h);
+    let expected = r#"{"status":"ok","version":"1.2.3-test","connected_binaries":0,"connected_phones":0,"uptime_seconds":0}"#;
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+    assert_eq!(
+        header_values(&response, "Content-Length"),
+        vec![expected.len().to_string()]
+    );
+}
+
+#[test]
+fn healthz_reports_the_crate_version_by_default() {
+    let mut h = Harness::new();
+    let (body, _) = healthz(&mut h);
+    let expected = format!(
+        r#"{{"status":"ok","version":"{}","connected_binaries":0,"connected_phones":0,"uptime_seconds":0}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(body, expected);
+}
+
+#[test]
+fn healthz_counts_follow_binaries_and_phones() {
+    let mut h = Harness::new();
+    assert_eq!(counts(&mut h), (0, 0));
+
+    let mut binary = h.binary("srv-a");
+    assert_eq!(counts(&mut h), (1, 0));
+    let mut other = h.binary("srv-b");
+    assert_eq!(counts(&mut h), (2, 0));
+
+    let (mut p1, _) = h.phone_with_id("srv-a", &mut binary);
+    let (mut p2, _) = h.phone_with_id("srv-a", &mut binary);
+    let (_p3, _) = h.phone_with_id("srv-b", &mut other);
+    assert_eq!(counts(&mut h), (2, 3));
+
+    // A phone refused after the 101 is never counted.
+    let mut stray = h.phone("srv-nobody");
+    assert_eq!(
+        stray.expect_closed_by_relay(&mut h),
+        (Some(4404), "no server with that id".to_string())
+    );
+    assert_eq!(counts(&mut h), (2, 3));
+
+    // The binary leaves: it stops counting at once, its phones wait out
+    // the grace period and are still counted.
+    drop(binary);
+    h.settle();
+    assert_eq!(counts(&mut h), (1, 3));
+    h.advance(Duration::from_secs(29));
+    assert_eq!(counts(&mut h), (1, 3));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        p1.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary gone".to_string())
+    );
+    assert_eq!(
+        p2.expect_closed_by_relay(&mut h),
+        (Some(4404), "binary gone".to_string())
+    );
+    assert_eq!(counts(&mut h), (1, 1));
+
+    drop(other);
+    h.settle();
+    assert_eq!(counts(&mut h), (0, 1));
+}
+
+#[test]
+fn healthz_uptime_follows_relay_time() {
+    let mut h = Harness::new();
+    let (_, value) = healthz(&mut h);
+    assert_eq!(value["uptime_seconds"], 0);
+    h.advance(Duration::from_millis(999));
+    let (_, value) = healthz(&mut h);
+    assert_eq!(value["uptime_seconds"], 0);
+    h.advance(Duration::from_millis(1));
+    let (_, value) = healthz(&mut h);
+    assert_eq!(value["uptime_seconds"], 1);
+    h.advance(Duration::from_secs(3600));
+    let (body, _) = healthz(&mut h);
+    assert!(body.ends_with(r#""uptime_seconds":3601}"#), "{body}");
+}
+
+// ---------------------------------------------------------------- header gate
+
+#[test]
+fn server_header_gate_refuses_each_missing_or_empty_header() {
+    let mut h = Harness::new();
+    let valid = server_request("srv-1");
+    for name in ["X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"] {
+        assert_refused(
+            &mut h,
+            &head("GET", "/v1/server", &without(&valid, name)),
+            400,
+        );
+        assert_refused(
+            &mut h,
+            &head("GET", "/v1/server", &with(&valid, name, "")),
+            400,
+        );
+        assert_refused(
+            &mut h,
+            &head("GET", "/v1/server", &with(&valid, name, "   ")),
+            400,
+        );
+    }
+    // A phone's token does not stand in for the binary's version.
+    let swapped = with(
+        &without(&valid, "X-Pyrycode-Version"),
+        "X-Pyrycode-Token",
+        "t",
+    );
+    assert_refused(&mut h, &head("GET", "/v1/server", &swapped), 400);
+    assert_eq!(h.stats().binaries, 0);
+    assert_eq!(h.stats().connections, 0);
+
+    let (status, _, _b) = h.request(&head("GET", "/v1/server", &valid));
+    assert_eq!(status, 101);
+}
+
+#[test]
+fn client_header_gate_refuses_each_missing_or_empty_header() {
+    let mut h = Harness::new();
+    let _binary = h.binary("srv-1");
+    let valid = client_request("srv-1");
+    for name in ["X-Pyrycode-Server", "X-Pyrycode-Token", "User-Agent"] {
+        assert_refused(
+            &mut h,
+            &head("GET", "/v1/client", &without(&valid, name)),
+            400,
+        );
+        assert_refused(
+            &mut h,
+            &head("GET", "/v1/client", &with(&valid, name, "")),
+            400,
+        );
+        assert_refused(
+            &mut h,
+            &head("GET", "/v1/client", &with(&valid, name, "  ")),
+            400,
+        );
+    }
+    // A binary's version does not stand in for the phone's token.
+    let swapped = with(
+        &without(&valid, "X-Pyrycode-Token"),
+        "X-Pyrycode-Version",
+        "0.9.0",
+    );
+    assert_refused(&mut h, &head("GET", "/v1/client", &swapped), 400);
+    assert_eq!(h.stats().phones, 0);
+
+    // The device name is optional: absent or empty, the phone gets in.
+    for headers in [
+        without(&valid, "X-Pyrycode-Device-Name"),
+        with(&valid, "X-Pyrycode-Device-Name", ""),
+        valid.clone(),
+    ] {
+        let (status, response, _phone) = h.request(&head("GET", "/v1/client", &headers));
+        assert_eq!(status, 101, "{response}");
+        assert_eq!(h.stats().phones, 1);
+    }
+}
+
+#[test]
+fn server_ids_must_be_1_to_128_bytes_of_the_allowed_set() {
+    let mut h = Harness::new();
+    let long_ok = "x".repeat(128);
+    let too_long = "x".repeat(129);
+    let bad = [
+        "has space",
+        "slash/",
+        "a/b",
+        too_long.as_str(),
+        "",
+        "emoji-\u{1F600}",
+        "percent%20",
+        "quote\"",
+        "comma,x",
+    ];
+    for id in bad {
+        assert_refused(&mut h, &head("GET", "/v1/server", &server_request(id)), 400);
+        assert_refused(&mut h, &head("GET", "/v1/client", &client_request(id)), 400);
+    }
+    assert_eq!(h.stats().connections, 0);
+
+    let uuid = "0b6f0e0c-5b5e-4c54-9f49-8d8f8f6f7a1b";
+    for id in [long_ok.as_str(), "a", "A.b_C:d-9", uuid] {
+        let (status, response, mut binary) =
+            h.request(&head("GET", "/v1/server", &server_request(id)));
+        assert_eq!(status, 101, "{id}: {response}");
+        let (_phone, conn_id) = h.phone_with_id(id, &mut binary);
+        assert!(conn_id.starts_with(&format!("client-{id}-")), "{conn_id}");
+    }
+}
+
+#[test]
+fn header_names_are_case_insensitive() {
+    let mut h = Harness::new();
+    let lower: Headers = server_request("srv-lower")
+        .into_iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v))
+        .collect();
+    let (status, response, _b1) = h.request(&head("GET", "/v1/server", &lower));
+    assert_eq!(status, 101, "{response}");
+
+    let upper: Headers = server_request("srv-upper")
+        .into_iter()
+        .map(|(n, v)| (n.to_ascii_uppercase(), v))
+        .collect();
+    let (status, response, _b2) = h.request(&head("GET", "/v1/server", &upper));
+    assert_eq!(status, 101, "{response}");
+
+    let mixed: Headers = client_request("srv-lower")
+        .into_iter()
+        .map(|(n, v)| {
+            let n: String = n
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c.to_ascii_uppercase()
+                    }
+                })
+                .collect();
+            (n, v)
+        })
+        .collect();
+    let (status, response, _p) = h.request(&head("GET", "/v1/client", &mixed));
+    assert_eq!(status, 101, "{response}");
+    assert_eq!(h.stats().phones, 1);
+}
+
+// ---------------------------------------------------------------- websocket rules
+
+#[test]
+fn connection_may_be_a_comma_list_and_values_are_case_insensitive() {
+    let mut h = Harness::new();
+    let mut open = Vec::new();
+    let mut n = 0;
+    for (upgrade, connection) in [
+        ("websocket", "keep-alive, Upgrade"),
+        ("websocket", "Upgrade, keep-alive"),
+        ("websocket", "keep-alive,upgrade"),
+        ("WebSocket", "UPGRADE"),
+        ("WEBSOCKET", "upgrade"),
+    ] {
+        n += 1;
+        let headers = with(
+            &with(&server_request(&format!("srv-{n}")), "Upgrade", upgrade),
+            "Connection",
+            connection,
+        );
+        let (status, response, binary) = h.request(&head("GET", "/v1/server", &headers));
+        assert_eq!(status, 101, "{upgrade} / {connection}: {response}");
+        open.push(binary);
+    }
+    assert_eq!(h.stats().binaries, n);
+}
+
+#[test]
+fn a_connection_header_without_upgrade_is_400() {
+    let mut h = Harness::new();
+    let valid = server_request("srv-1");
+    for connection in [
+        "keep-alive",
+        "",
+        "close",
+        "upgraded",
+        "keep-alive, upgrade-please",
+    ] {
+        let headers = with(&valid, "Connection", connection);
+        assert_refused(&mut h, &head("GET", "/v1/server", &headers), 400);
+    }
+    assert_refused(
+        &mut h,
+        &head("GET", "/v1/server", &without(&valid, "Connection")),
+        400,
+    );
+}
+
+#[test]
+fn a_missing_or_wrong_upgrade_header_is_400() {
+    let mut h = Harness::new();
+    for path_headers in [
+        ("/v1/server", server_request("srv-1")),
+        ("/v1/client", client_request("srv-1")),
+    ] {
+        let (path, valid) = path_headers;
+        assert_refused(&mut h, &head("GET", path, &without(&valid, "Upgrade")), 400);
+        for upgrade in ["", "h2c", "websockets", "web socket"] {
+            assert_refused(
+                &mut h,
+                &head("GET", path, &with(&valid, "Upgrade", upgrade)),
+                400,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_method_other_than_get_on_a_websocket_route_is_400() {
+    let mut h = Harness::new();
+    for method in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "get"] {
+        assert_refused(
+            &mut h,
+            &head(method, "/v1/server", &server_request("srv-1")),
+            400,
+        );
+        assert_refused(
+            &mut h,
+            &head(method, "/v1/client", &client_request("srv-1")),
+            400,
+        );
+    }
+    assert_eq!(h.stats().binaries, 0);
+}
+
+#[test]
+fn a_bad_websocket_key_is_400() {
+    let mut h = Harness::new();
+    let valid = server_request("srv-1");
+    assert_refused(
+        &mut h,
+        &head("GET", "/v1/server", &without(&valid, "Sec-WebSocket-Key")),
+        400,
+    );
+    for key in [
+        "",
+        "c2hvcnQ=",                     // "short": 5 bytes
+        "AAAAAAAAAAAAAAAAAAAAAA",       // 16 bytes, but padding missing
+        "AAAAAAAAAAAAAAAAAAAAAAA=",     // 17 bytes
+        "AAAAAAAAAAAAAAAAAAAA",         // 15 bytes
+        "not base64 at all!!!!!!=",     // not base64
+        "dGhlIHNhbXBsZSBub25jZQ==dGhl", // trailing garbage
+    ] {
+        let headers = with(&valid, "Sec-WebSocket-Key", key);
+        assert_refused(&mut h, &head("GET", "/v1/server", &headers), 400);
+    }
+    assert_eq!(h.stats().binaries, 0);
+}
+
+#[test]
+fn a_wrong_websocket_version_is_426_naming_version_13() {
+    let mut h = Harness::new();
+    for (path, valid) in [
+        ("/v1/server", server_request("srv-1")),
+        ("/v1/client", client_request("srv-1")),
+    ] {
+        for version in ["8", "12", "14"] {
+            let headers = with(&valid, "Sec-WebSocket-Version", version);
+            let response = assert_refused(&mut h, &head("GET", path, &headers), 426);
+            assert_eq!(
+                header_values(&response, "Sec-WebSocket-Version"),
+                vec!["13"],
+                "{response}"
+            );
+        }
+    }
+    assert_eq!(h.stats().connections, 0);
+}
+
+#[test]
+fn the_header_gate_is_checked_before_the_websocket_rules() {
+    let mut h = Harness::new();
+    let version_8 = with(&server_request("srv-1"), "Sec-WebSocket-Version", "8");
+    // Wrong version alone is 426 ...
+    assert_refused(&mut h, &head("GET", "/v1/server", &version_8), 426);
+    // ... but a failed header gate wins over it.
+    for name in ["X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"] {
+        let response = assert_refused(
+            &mut h,
+            &head("GET", "/v1/server", &without(&version_8, name)),
+            400,
+        );
+        assert!(header_values(&response, "Sec-WebSocket-Version").is_empty());
+    }
+    let bad_id = with(&version_8, "X-Pyrycode-Server", "bad id");
+    assert_refused(&mut h, &head("GET", "/v1/server", &bad_id), 400);
+
+    let client_version_8 = with(&client_request("srv-1"), "Sec-WebSocket-Version", "8");
+    assert_refused(
+        &mut h,
+        &head(
+            "GET",
+            "/v1/client",
+            &without(&client_version_8, "X-Pyrycode-Token"),
+        ),
+        400,
+    );
+}
+
+// ---------------------------------------------------------------- admission
+
+#[test]
+fn the_rate_limit_beats_every_other_check() {
+    let mut h = Harness::with_config(|c| c.rate_limit_burst = 2);
+    let (status, _, _binary) = h.upgrade("/v1/server", &binary_headers("srv-1"));
+    assert_eq!(status, 101);
+    // A refused attempt still spends a token.
+    assert_refused(
+        &mut h,
+        &head(
+            "GET",
+            "/v1/server",
+            &without(&server_request("srv-2"), "User-Agent"),
+        ),
+        400,
+    );
+    // The bucket is empty: 429 whatever else is wrong.
+    let hopeless = with(
+        &without(&client_request("bad id"), "X-Pyrycode-Token"),
+        "Sec-WebSocket-Version",
+        "8",
+    );
+    for request in [
+        head("GET", "/v1/server", &server_request("srv-2")),
+        head("GET", "/v1/client", &client_request("srv-1")),
+        head("GET", "/v1/client", &hopeless),
+        head(
+            "POST",
+            "/v1/server",
+            &without(&server_request("srv-3"), "Upgrade"),
+        ),
+        head(
+            "GET",
+            "/v1/server?x=1",
+            &with(&server_request("srv-4"), "Sec-WebSocket-Key", "x"),
+        ),
+    ] {
+        assert_refused(&mut h, &request, 429);
+    }
+    // Not an upgrade: /healthz and 404 are not rate limited.
+    assert_eq!(healthz(&mut h).1["connected_binaries"], 1);
+    assert_eq!(status_of(&mut h, "GET /nope HTTP/1.1\r\n\r\n"), 404);
+    assert_eq!(h.stats().binaries, 1);
+    assert_eq!(h.stats().phones, 0);
+}
+
+#[test]
+fn the_rate_limit_refills_one_attempt_per_interval() {
+    let mut h = Harness::with_config(|c| {
+        c.rate_limit_burst = 1;
+        c.rate_limit_interval = Duration::from_secs(6);
+    });
+    let (status, _, _b1) = h.upgrade("/v1/server", &binary_headers("srv-1"));
+    assert_eq!(status, 101);
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-2")),
+        429,
+    );
+
+    h.advance(Duration::from_secs(5));
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-2")),
+        429,
+    );
+    h.advance(Duration::from_secs(1));
+    let (status, response, _b2) = h.upgrade("/v1/server", &binary_headers("srv-2"));
+    assert_eq!(status, 101, "{response}");
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-3")),
+        429,
+    );
+
+    // Unused tokens pile up only to the burst.
+    h.advance(Duration::from_secs(60));
+    let (status, _, _b3) = h.upgrade("/v1/server", &binary_headers("srv-3"));
+    assert_eq!(status, 101);
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-4")),
+        429,
+    );
+    assert_eq!(h.stats().binaries, 3);
+}
+
+#[test]
+fn the_rate_limit_uses_x_forwarded_for_only_when_trusted() {
+    let mut h = Harness::with_config(|c| c.rate_limit_burst = 1);
+    let (status, _, _b) = h.upgrade("/v1/server", &binary_headers("srv-1"));
+    assert_eq!(status, 101);
+    let mut forwarded = binary_headers("srv-2");
+    forwarded.push(("X-Forwarded-For", "203.0.113.7".to_string()));
+    assert_refused(&mut h, &upgrade_head("/v1/server", &forwarded), 429);
+
+    let mut h = Harness::with_config(|c| {
+        c.rate_limit_burst = 1;
+        c.trust_x_forwarded_for = true;
+    });
+    let (status, _, _b) = h.upgrade("/v1/server", &binary_headers("srv-1"));
+    assert_eq!(status, 101);
+    let (status, response, _b2) = h.upgrade("/v1/server", &forwarded);
+    assert_eq!(status, 101, "{response}");
+    assert_refused(&mut h, &upgrade_head("/v1/server", &forwarded), 429);
+}
+
+#[test]
+fn the_global_connection_cap_is_503() {
+    let mut h = Harness::with_config(|c| c.max_connections = 1);
+    let binary = h.binary("srv-1");
+    let response = assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-2")),
+        503,
+    );
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/client", &phone_headers("srv-1")),
+        503,
+    );
+    // Capacity is checked before the header gate and the WebSocket rules.
+    assert_refused(
+        &mut h,
+        &head(
+            "GET",
+            "/v1/server",
+            &with(
+                &without(&server_request("x y"), "User-Agent"),
+                "Sec-WebSocket-Version",
+                "8",
+            ),
+        ),
+        503,
+    );
+    // /healthz does not count and is not refused.
+    assert_eq!(healthz(&mut h).1["connected_binaries"], 1);
+    assert_eq!(h.stats().phones, 0);
+
+    drop(binary);
+    h.settle();
+    let (status, response, _b) = h.upgrade("/v1/server", &binary_headers("srv-2"));
+    assert_eq!(status, 101, "{response}");
+}
+
+#[test]
+fn the_rate_limit_is_checked_before_the_global_cap() {
+    let mut h = Harness::with_config(|c| {
+        c.max_connections = 1;
+        c.rate_limit_burst = 2;
+    });
+    let _binary = h.binary("srv-1");
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-2")),
+        503,
+    );
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-2")),
+        429,
+    );
+}
+
+#[test]
+fn the_per_ip_connection_cap_is_429() {
+    let mut h = Harness::with_config(|c| c.max_connections_per_ip = 1);
+    let mut binary = h.binary("srv-1");
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/client", &phone_headers("srv-1")),
+        429,
+    );
+    assert_refused(
+        &mut h,
+        &upgrade_head("/v1/server", &binary_headers("srv-2")),
+        429,
+    );
+    assert_eq!(healthz(&mut h).1["connected_binaries"], 1);
+    assert_eq!(h.stats().phones, 0);
+
+    // The binary closes cleanly: its slot is free again.
+    binary.send_close(&mut h, 1000, "");
+    assert_eq!(binary.recv_close(&mut h), (Some(1000), String::new()));
+    binary.wait_eof(&mut h);
+    drop(binary);
+    h.settle();
+    let (status, response, _b) = h.upgrade("/v1/server", &binary_headers("srv-2"));
+    assert_eq!(status, 101, "{response}");
+}
+
+// ---------------------------------------------------------------- the 101
+
+#[test]
+fn the_101_carries_only_upgrade_connection_and_accept() {
+    let mut h = Harness::new();
+    let mut headers = server_request("srv-1");
+    headers.push((
+        "Sec-WebSocket-Extensions".to_string(),
+        "permessage-deflate; client_max_window_bits".to_string(),
+    ));
+    headers.push((
+        "Sec-WebSocket-Protocol".to_string(),
+        "chat, pyrycode".to_string(),
+    ));
+    let (status, response, mut binary) = h.request(&head("GET", "/v1/server", &headers));
+    assert_eq!(status, 101);
+    assert!(
+        response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{response}"
+    );
+    assert_eq!(
+        header_names(&response),
+        vec!["upgrade", "connection", "sec-websocket-accept"],
+        "{response}"
+    );
+    assert_eq!(
+        header_values(&response, "Upgrade")[0].to_ascii_lowercase(),
+        "websocket"
+    );
+    assert_eq!(
+        header_values(&response, "Connection")[0].to_ascii_lowercase(),
+        "upgrade"
+    );
+    assert_eq!(
+        header_values(&response, "Sec-WebSocket-Accept"),
+        vec![ACCEPT]
+    );
+    // No hello: the binary gets nothing after the 101.
+    binary.assert_no_data(&mut h);
+
+    // The phone side offers the same (the Android client does).
+    let mut headers = client_request("srv-1");
+    headers.push((
+        "Sec-WebSocket-Extensions".to_string(),
+        "permessage-deflate".to_string(),
+    ));
+    headers.push(("Sec-WebSocket-Protocol".to_string(), "pyrycode".to_string()));
+    let headers = with(&headers, "Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw==");
+    let (status, response, mut phone) = h.request(&head("GET", "/v1/client", &headers));
+    assert_eq!(status, 101);
+    assert_eq!(
+        header_names(&response),
+        vec!["upgrade", "connection", "sec-websocket-accept"],
+        "{response}"
+    );
+    assert_eq!(
+        header_values(&response, "Sec-WebSocket-Accept"),
+        vec!["HSmrc0sMlYUkAGmm5OPpG2HaGWk="]
+    );
+    phone.assert_no_data(&mut h);
+}
+
+#[test]
+fn refusals_decided_after_the_101_are_websocket_closes() {
+    let mut h = Harness::with_config(|c| c.max_phones_per_server = 1);
+    let (status, _, mut stray) = h.upgrade("/v1/client", &phone_headers("srv-none"));
+    assert_eq!(status, 101);
+    assert_eq!(
+        stray.expect_closed_by_relay(&mut h),
+        (Some(4404), "no server with that id".to_string())
+    );
+
+    let mut binary = h.binary("srv-1");
+    let (_phone, _) = h.phone_with_id("srv-1", &mut binary);
+    let (status, _, mut extra) = h.upgrade("/v1/client", &phone_headers("srv-1"));
+    assert_eq!(status, 101);
+    assert_eq!(
+        extra.expect_closed_by_relay(&mut h),
+        (Some(4429), "too many phones for server-id".to_string())
+    );
+}
+
+// ---------------------------------------------------------------- request head
+
+#[test]
+fn a_head_over_the_size_limit_is_431() {
+    let mut h = Harness::new();
+    // Exactly at the limit is fine; one byte over is not.
+    let (status, response, _b) = h.request(&padded_server_head(8 * 1024));
+    assert_eq!(status, 101, "{response}");
+    let response = assert_refused(&mut h, &padded_server_head(8 * 1024 + 1), 431);
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    assert_refused(&mut h, &padded_server_head(20_000), 431);
+
+    // A head that never ends is refused once it passes the limit.
+    let mut client = h.connect();
+    let mut endless = b"GET /v1/server HTTP/1.1\r\n".to_vec();
+    while endless.len() <= 9 * 1024 {
+        endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    client.send_raw(&mut h, &endless);
+    let (status, _) = client.response_head(&mut h);
+    assert_eq!(status, 431);
+    client.wait_eof(&mut h);
+    assert_eq!(h.stats().binaries, 1);
+}
+
+#[test]
+fn the_head_limit_is_configurable() {
+    let mut h = Harness::with_config(|c| c.max_header_size = 1024);
+    let (status, _, _b) = h.request(&padded_server_head(1024));
+    assert_eq!(status, 101);
+    assert_refused(&mut h, &padded_server_head(1025), 431);
+    // /healthz is bound by the same limit.
+    let big_healthz = format!(
+        "GET /healthz HTTP/1.1\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(1100)
+    );
+    assert_refused(&mut h, &big_healthz, 431);
+}
+
+#[test]
+fn a_head_not_complete_within_the_handshake_timeout_gets_408() {
+    let mut h = Harness::new();
+    let request = upgrade_head("/v1/server", &binary_headers("srv-1"));
+    let mut slow = h.connect();
+    let mut silent = h.connect();
+    // Dribbling bytes does not extend the deadline.
+    slow.send_raw(&mut h, &request.as_bytes()[..10]);
+    h.advance(Duration::from_secs(3));
+    slow.send_raw(&mut h, &request.as_bytes()[10..20]);
+    h.advance(Duration::from_millis(1999));
+    assert_nothing_received(&mut h, &mut slow);
+    assert_nothing_received(&mut h, &mut silent);
+
+    h.advance(Duration::from_millis(1));
+    for client in [&mut slow, &mut silent] {
+        let (status, response) = client.response_head(&mut h);
+        assert_eq!(status, 408, "{response}");
+        assert_eq!(header_values(&response, "Content-Length"), vec!["0"]);
+        assert_eq!(client.body_until_eof(&mut h), b"");
+    }
+    drop((slow, silent));
+    assert_eq!(h.stats().connections, 0);
+}
+
+#[test]
+fn the_handshake_timeout_ends_at_the_101() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv-1");
+    h.advance(Duration::from_secs(6));
+    binary.assert_no_data(&mut h);
+    let (mut phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
+    h.advance(Duration::from_secs(6));
+    phone.send_text(&mut h, b"[1]");
+    assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, b"[1]"));
+}
+
+#[test]
+fn a_head_sent_one_byte_at_a_time_still_upgrades() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv-1");
+    let request = head("GET", "/v1/client?x=1", &client_request("srv-1"));
+    let mut phone = h.connect();
+    for byte in request.as_bytes() {
+        phone.send_raw(&mut h, std::slice::from_ref(byte));
+    }
+    let (status, response) = phone.response_head(&mut h);
+    assert_eq!(status, 101, "{response}");
+    assert_eq!(
+        header_values(&response, "Sec-WebSocket-Accept"),
+        vec![ACCEPT]
+    );
+    phone.send_text(&mut h, br#"{"n":1}"#);
+    let wrapped: serde_json::Value = serde_json::from_slice(&binary.recv_text(&mut h)).unwrap();
+    assert_eq!(wrapped["frame"], serde_json::json!({"n": 1}));
+    assert_eq!(h.stats().phones, 1);
+}
+
+#[test]
+fn frames_sent_with_the_head_in_one_write_are_not_lost() {
+    let mut h = Harness::new();
+    let mut binary = h.binary("srv-1");
+    let mut bytes = head("GET", "/v1/client", &client_request("srv-1")).into_bytes();
+    bytes.extend_from_slice(&masked_frame(0x1, true, br#"{"first":1}"#));
+    bytes.extend_from_slice(&masked_frame(0x1, true, br#"{"second":2}"#));
+    let third = masked_frame(0x1, true, br#"{"third":3}"#);
+    bytes.extend_from_slice(&third[..5]);
+    let mut phone = h.connect();
+    phone.send_raw(&mut h, &bytes);
+    let (status, response) = phone.response_head(&mut h);
+    assert_eq!(status, 101, "{response}");
+
+    let first = binary.recv_text(&mut h);
+    let value: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    let conn_id = value["conn_id"].as_str().unwrap().to_string();
+    assert_eq!(first, envelope(&conn_id, br#"{"first":1}"#));
+    assert_eq!(
+        binary.recv_text(&mut h),
+        envelope(&conn_id, br#"{"second":2}"#)
+    );
+    phone.send_raw(&mut h, &third[5..]);
+    assert_eq!(
+        binary.recv_text(&mut h),
+        envelope(&conn_id, br#"{"third":3}"#)
+    );
+
+    // The binary side too: a ping in the same write as the head is answered.
+    let mut bytes = upgrade_head("/v1/server", &binary_headers("srv-2")).into_bytes();
+    bytes.extend_from_slice(&masked_frame(0x9, true, b"early"));
+    let mut second = h.connect();
+    second.send_raw(&mut h, &bytes);
+    let (status, _) = second.response_head(&mut h);
+    assert_eq!(status, 101);
+    assert_eq!(second.recv(&mut h), Msg::Pong(b"early".to_vec()));
+}
+
+#[test]
+fn bytes_that_are_not_http_get_400() {
+    let mut h = Harness::new();
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
+        b"\x00\x01\x02\x03\r\n\r\n",
+        b"hello there, relay\r\n\r\n",
+        b"GET /v1/server HTTP/9.9\r\n\r\n",
+        b"GET /v1/server HTTP/1.1\r\nno colon here\r\n\r\n",
+    ] {
+        let mut client = h.connect();
+        client.send_raw(&mut h, garbage);
+        let (status, response) = client.response_head(&mut h);
+        assert_eq!(
+            status,
+            400,
+            "{:?}: {response}",
+            String::from_utf8_lossy(garbage)
+        );
+        assert_eq!(client.body_until_eof(&mut h), b"");
+    }
+    assert_eq!(h.stats().connections, 0);
+}
+
+#[test]
+fn the_rate_limit_refills_on_time_when_polled_every_second() {
+    let mut h = Harness::with_config(|c| {
+        c.rate_limit_burst = 1;
+        c.rate_limit_interval = Duration::from_secs(6);
+    });
+    let (status, _, _b1) = h.upgrade("/v1/server", &binary_headers("srv-1"));
+    assert_eq!(status, 101);
+    // A client retrying every second is refused for five seconds ...
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(1));
+        assert_refused(
+            &mut h,
+            &upgrade_head("/v1/server", &binary_headers("srv-2")),
+            429,
+        );
+    }
+    // ... and let in once the interval has passed.
+    h.advance(Duration::from_secs(1));
+    let (status, response, _b2) = h.upgrade("/v1/server", &binary_headers("srv-2"));
+    assert_eq!(status, 101, "{response}");
+}
