@@ -1,7 +1,7 @@
 # pyrycode-relay — the commands a developer and CI use.
 CARGO ?= cargo
 
-.PHONY: build run test lint fmt bench
+.PHONY: build run test lint fmt bench fuzz-build fuzz
 
 build:
 	$(CARGO) build --release --workspace
@@ -22,3 +22,16 @@ fmt:
 
 bench:
 	$(CARGO) run --release -p relay-bench
+
+# Fuzzing (nightly + `cargo install cargo-fuzz`); see docs/SECURITY.md.
+FUZZ_TIME ?= 60
+FUZZ_TARGETS = http_head ws_frames envelope connection
+
+fuzz-build:
+	cd fuzz && $(CARGO) +nightly fuzz build
+
+fuzz: fuzz-build
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p runs/$$t && \
+		$(CARGO) +nightly fuzz run $$t runs/$$t corpus/$$t -- -max_total_time=$(FUZZ_TIME) -max_len=16384 || exit 1; \
+	done

@@ -29,8 +29,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Dependencies' own trace output would print frame headers and
+    // readiness details: keep them at warnings whatever --log-level says.
     let _ = simple_logger::SimpleLogger::new()
         .with_level(settings.log_level)
+        .with_module_level("tungstenite", log::LevelFilter::Warn)
+        .with_module_level("mio", log::LevelFilter::Warn)
         .with_utc_timestamps()
         .init();
     for (name, meaning) in [

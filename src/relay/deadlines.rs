@@ -61,12 +61,6 @@ impl Relay {
     }
 
     fn on_conn_timer(&mut self, key: ConnKey, id: u64, now: Instant) {
-        let paused = !self.may_read(key);
-        let (patience, message_timeout, ping_interval) = (
-            self.config.pong_timeout,
-            self.config.message_timeout,
-            self.config.ping_interval,
-        );
         let Some(conn) = self.live_conn(key, id) else {
             return;
         };
@@ -80,62 +74,103 @@ impl Relay {
             // made room without an event. Try once before calling it stalled.
             self.flush(key);
         }
-        let Some(conn) = self.live_conn(key, id) else {
+        if self.live_conn(key, id).is_none()
+            || self.fire_endings(key, now)
+            || self.fire_probe(key, now)
+            || self.fire_silence(key, now)
+        {
             return;
-        };
-        let d = &mut conn.deadlines;
+        }
+        self.fire_ping(key, now);
+        self.arm(key);
+    }
+
+    /// The deadlines that end a connection outright: handshake (408),
+    /// close handshake, output stall. Returns whether one fired.
+    fn fire_endings(&mut self, key: ConnKey, now: Instant) -> bool {
+        let conn = &self.conns[key];
+        let d = &conn.deadlines;
         if due(d.handshake, now) {
             debug!("handshake_timeout remote={}", conn.remote);
-            return self.respond(key, 408, "", "");
+            self.respond(key, 408, "", "");
+            return true;
         }
         if due(d.close, now) || due(d.stall, now) {
+            let stalled = due(d.stall, now);
             debug!(
-                "connection_abandoned remote={} stalled={}",
-                conn.remote,
-                due(d.stall, now)
+                "connection_abandoned remote={} stalled={stalled}",
+                conn.remote
             );
-            return self.drop_conn(key, Ending::Vanished);
+            self.drop_conn(key, Ending::Vanished);
+            return true;
         }
-        if due(d.probe, now) {
-            d.probe = None;
-            if let Some(Peer::Challenger(server_id)) = conn.peer() {
-                let server_id = server_id.clone();
-                self.take_over(key, server_id);
-            }
-            return self.arm(key);
+        false
+    }
+
+    /// The conflict probe went unanswered: the challenger takes over.
+    fn fire_probe(&mut self, key: ConnKey, now: Instant) -> bool {
+        let conn = &mut self.conns[key];
+        if !due(conn.deadlines.probe, now) {
+            return false;
         }
-        if due(d.pong, now) && paused {
-            d.pong = Some(now + patience);
-        } else if due(d.pong, now) {
-            info!("heartbeat_timeout remote={} code=1011", conn.remote);
-            return self.close_ws(
-                key,
-                close::INTERNAL,
-                "heartbeat timeout",
-                Ending::Relay(close::INTERNAL),
-            );
-        }
-        if due(d.message, now) && paused {
-            d.message = Some(now + message_timeout);
-        } else if due(d.message, now) {
-            info!("message_timeout remote={} code=1008", conn.remote);
-            return self.close_ws(
-                key,
-                close::POLICY,
-                "message timeout",
-                Ending::Relay(close::POLICY),
-            );
-        }
-        if due(d.next_ping, now) {
-            d.next_ping = Some(now + ping_interval);
-            if d.pong.is_none() {
-                d.pong = Some(now + patience);
-            }
-            if matches!(conn.phase, Phase::Open(_)) {
-                ws::write_frame(self.queue(key), FrameKind::Ping, b"");
-            }
+        conn.deadlines.probe = None;
+        if let Some(Peer::Challenger(server_id)) = conn.peer() {
+            let server_id = server_id.clone();
+            self.take_over(key, server_id);
         }
         self.arm(key);
+        true
+    }
+
+    /// No pong in time (1011), or a message begun and not finished (1008).
+    /// A connection the relay is not reading is given more time instead.
+    /// Returns whether the connection was closed.
+    fn fire_silence(&mut self, key: ConnKey, now: Instant) -> bool {
+        let paused = !self.may_read(key);
+        let (pong_timeout, message_timeout) =
+            (self.config.pong_timeout, self.config.message_timeout);
+        let conn = &mut self.conns[key];
+        let d = &mut conn.deadlines;
+        let (pong_due, message_due) = (due(d.pong, now), due(d.message, now));
+        if paused {
+            if pong_due {
+                d.pong = Some(now + pong_timeout);
+            }
+            if message_due {
+                d.message = Some(now + message_timeout);
+            }
+            return false;
+        }
+        let (code, reason) = match (pong_due, message_due) {
+            (true, _) => (close::INTERNAL, "heartbeat timeout"),
+            (false, true) => (close::POLICY, "message timeout"),
+            (false, false) => return false,
+        };
+        info!(
+            "{} remote={} code={code}",
+            reason.replace(' ', "_"),
+            conn.remote
+        );
+        self.close_ws(key, code, reason, Ending::Relay(code));
+        true
+    }
+
+    /// Sends the periodic ping and starts waiting for its pong.
+    fn fire_ping(&mut self, key: ConnKey, now: Instant) {
+        let ping_interval = self.config.ping_interval;
+        let pong_timeout = self.config.pong_timeout;
+        let conn = &mut self.conns[key];
+        let d = &mut conn.deadlines;
+        if !due(d.next_ping, now) {
+            return;
+        }
+        d.next_ping = Some(now + ping_interval);
+        if d.pong.is_none() {
+            d.pong = Some(now + pong_timeout);
+        }
+        if matches!(conn.phase, Phase::Open(_)) {
+            ws::write_frame(self.queue(key), FrameKind::Ping, b"");
+        }
     }
 
     /// Starts the message deadline when a frame or fragmented message is
