@@ -127,8 +127,8 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
 }
 
 impl Args {
-    /// Checks the flags together and builds the settings.
-    pub fn into_settings(self) -> Result<Settings, String> {
+    /// TLS and ACME flags are refused rather than silently ignored.
+    fn refuse_unbuilt_tls(&self) -> Result<(), String> {
         let tls_flags = [
             ("--domain", self.domain.is_some()),
             ("--cert-cache", self.cert_cache.is_some()),
@@ -138,25 +138,35 @@ impl Args {
             ("--tls-key", self.tls_key.is_some()),
             ("--https-proxy-protocol", self.https_proxy_protocol),
         ];
-        if let Some((flag, _)) = tls_flags.iter().find(|(_, set)| *set) {
-            return Err(format!(
+        match tls_flags.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(format!(
                 "{flag}: TLS and ACME are not built into this version yet; serve plain WebSocket with --insecure-listen behind a TLS terminator"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `--metrics-listen`: empty disables it; otherwise a loopback address.
+    fn metrics_address(&self) -> Result<Option<SocketAddr>, String> {
+        let text = self.metrics_listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = text
+            .parse()
+            .map_err(|_| format!("--metrics-listen: {text:?} is not an address"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "--metrics-listen: {addr} is not a loopback address"
             ));
         }
-        let metrics_listen = match self.metrics_listen.trim() {
-            "" => None,
-            text => {
-                let addr: SocketAddr = text
-                    .parse()
-                    .map_err(|_| format!("--metrics-listen: {text:?} is not an address"))?;
-                if !addr.ip().is_loopback() {
-                    return Err(format!(
-                        "--metrics-listen: {addr} is not a loopback address"
-                    ));
-                }
-                Some(addr)
-            }
-        };
+        Ok(Some(addr))
+    }
+
+    /// Checks the flags together and builds the settings.
+    pub fn into_settings(self) -> Result<Settings, String> {
+        self.refuse_unbuilt_tls()?;
+        let metrics_listen = self.metrics_address()?;
         if self.binary_low_water > self.binary_high_water {
             return Err("--binary-low-water must not exceed --binary-high-water".into());
         }

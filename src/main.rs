@@ -6,37 +6,54 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
-use pyrycode_relay::cli::{normalize_args, Args};
+use pyrycode_relay::cli::{normalize_args, Args, Settings};
 use pyrycode_relay::{Relay, SystemClock};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
-        Ok(args) => args,
-        // --help and --version print and exit 0; a bad flag is one line
-        // of reason and exit 2 (SPEC §9), without clap's usage hints.
-        Err(err) if !err.use_stderr() => err.exit(),
-        Err(err) => {
-            let text = err.to_string();
-            let reason = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("pyrycode-relay: {}", reason.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
-    };
-    let settings = match args.into_settings() {
+    let settings = match parse_settings() {
         Ok(settings) => settings,
         Err(reason) => {
             eprintln!("pyrycode-relay: {reason}");
             return ExitCode::from(2);
         }
     };
-    // Dependencies' own trace output would print frame headers and
-    // readiness details: keep them at warnings whatever --log-level says.
+    init_logging(settings.log_level);
+    note_environment();
+    raise_fd_limit();
+    serve(settings)
+}
+
+/// Flags to settings. `--help` and `--version` print and exit 0 here; a
+/// bad flag or configuration is one line of reason (SPEC §9: exit 2),
+/// without clap's usage hints.
+fn parse_settings() -> Result<Settings, String> {
+    let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(args) => args,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            let text = err.to_string();
+            let reason = text.lines().next().unwrap_or("invalid arguments");
+            return Err(reason.trim_start_matches("error: ").to_string());
+        }
+    };
+    args.into_settings()
+}
+
+/// Logs go to stderr, one line per event. Dependencies' own trace output
+/// would print frame headers and readiness details: keep them at warnings
+/// whatever `--log-level` says.
+fn init_logging(level: log::LevelFilter) {
     let _ = simple_logger::SimpleLogger::new()
-        .with_level(settings.log_level)
+        .with_level(level)
         .with_module_level("tungstenite", log::LevelFilter::Warn)
         .with_module_level("mio", log::LevelFilter::Warn)
         .with_utc_timestamps()
         .init();
+}
+
+/// The Go relay's environment variables: accepted, and said what they do
+/// in this version.
+fn note_environment() {
     for (name, meaning) in [
         (
             "PYRYCODE_RELAY_FCM_CREDENTIALS",
@@ -52,7 +69,11 @@ fn main() -> ExitCode {
             info!("environment name={name} note={meaning:?}");
         }
     }
-    raise_fd_limit();
+}
+
+/// Binds the listeners and runs the loop until a graceful shutdown (0);
+/// a listener that cannot be bound or fails is exit code 1.
+fn serve(settings: Settings) -> ExitCode {
     let listen = settings.config.listen;
     let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
         Ok(relay) => relay,
