@@ -4,8 +4,6 @@
 //! docs/SECURITY.md derives from the configuration.
 
 mod common;
-#[path = "support/sockets.rs"]
-mod sockets;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pyrycode_relay::{Config, Memory};
-use sockets::small_relay_send_buffer;
 
 /// The real binary, started with `RLIMIT_NOFILE` of `limit` (soft and
 /// hard, so the start-up raise cannot lift it), its log lines on a channel.
@@ -212,9 +209,9 @@ fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_c
     for _ in 0..16 {
         phones.push(h.phone_with_id("flood", &mut binary));
     }
-    small_relay_send_buffer(&binary);
+    binary.set_relay_send_buffer(4096);
     for (phone, _) in &phones {
-        small_relay_send_buffer(phone);
+        phone.set_relay_send_buffer(4096);
     }
     // A maximum-size message each way, and pings nobody reads the pongs of.
     let max_json = |seq: usize| {
@@ -301,7 +298,7 @@ fn a_flood_of_tiny_phone_messages_cannot_push_the_binary_queue_far_past_high_wat
     let config = Config::default();
     let mut binary = h.binary("tiny");
     let (mut phone, _) = h.phone_with_id("tiny", &mut binary);
-    small_relay_send_buffer(&binary);
+    binary.set_relay_send_buffer(4096);
     let one = masked_frame(0x1, true, b"1");
     let stream: Vec<u8> = one
         .iter()

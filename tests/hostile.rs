@@ -6,15 +6,12 @@
 //! are real loopback sockets, and nothing sleeps (see `tests/common`).
 
 mod common;
-#[path = "support/sockets.rs"]
-mod sockets;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 use pyrycode_relay::Config;
-use sockets::small_relay_send_buffer;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -292,7 +289,7 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     let limit = output_read_limit(&Config::default());
     let (mut binary, mut sibling, sibling_id) = pair(&mut h, "pings");
     let mut flooder = h.phone("pings");
-    small_relay_send_buffer(&flooder);
+    flooder.set_relay_send_buffer(4096);
     let ping = masked_frame(0x9, true, &[b'p'; 125]);
     let flood: Vec<u8> = ping
         .iter()
@@ -353,7 +350,7 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
     let mut binary = h.binary("backlog");
     let (mut slow, slow_id) = h.phone_with_id("backlog", &mut binary);
     let (mut sibling, sibling_id) = h.phone_with_id("backlog", &mut binary);
-    small_relay_send_buffer(&slow);
+    slow.set_relay_send_buffer(4096);
     let filler = "x".repeat(32 * 1024);
     let mut sent_to_slow = 0;
     let notice = loop {

@@ -6,15 +6,13 @@
 //! arbitrary (mostly invalid) input.
 
 mod common;
-#[path = "support/stream.rs"]
-mod stream;
 
 use proptest::prelude::*;
 use pyrycode_relay::envelope::{self, BinaryEnvelope};
 use serde_json::Value;
 
+use common::stream::{client_frame, decode_split, Event};
 use common::*;
-use stream::{client_frame, decode_split, Event};
 
 const CONN_ID: &str =
     "client-0b6f0e0c-5b5e-4c54-9f49-8d8f8f6f7a1b-00112233445566778899aabbccddeeff";

@@ -12,6 +12,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+#[path = "../support/stream.rs"]
+pub mod stream;
+
 use pyrycode_relay::{Config, ManualClock, Relay, Stats};
 
 /// How many relay turns a client waits for something before failing.
@@ -469,22 +472,7 @@ impl Client {
 
 /// A client frame: masked with a fixed key.
 pub fn masked_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65_536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    stream::client_frame(opcode, fin, [0x37, 0xfa, 0x21, 0x3d], payload)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -534,21 +522,8 @@ impl Client {
     /// The descriptor of the relay's end of this connection: the socket
     /// of this process whose peer is this client.
     fn relay_fd(&self) -> std::os::fd::RawFd {
-        let (local, peer) = (
-            self.stream.local_addr().unwrap(),
-            self.stream.peer_addr().unwrap(),
-        );
-        for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
-            let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse() else {
-                continue;
-            };
-            if socket_addr(fd, libc::getpeername) == Some(local)
-                && socket_addr(fd, libc::getsockname) == Some(peer)
-            {
-                return fd;
-            }
-        }
-        panic!("the relay's end of {local} was not found");
+        self.find_relay_fd()
+            .expect("the relay's end of this connection was not found")
     }
 }
 
