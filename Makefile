@@ -20,8 +20,12 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# The default load suite (under 3 minutes on 2 cores): the relay, and HAProxy
+# beside it when installed (apt-get install -y haproxy). Table on stdout;
+# every figure in target/bench/results.json, the chart in target/bench/latency.svg.
 bench:
-	$(CARGO) run --release -p relay-bench
+	$(CARGO) build --release --workspace
+	$(CARGO) run --release -p relay-bench -- suite --json target/bench/results.json --svg target/bench/latency.svg
 
 # Fuzzing (nightly + `cargo install cargo-fuzz`); see docs/SECURITY.md.
 FUZZ_TIME ?= 60

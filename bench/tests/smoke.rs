@@ -1,0 +1,139 @@
+//! A tiny run of every scenario against the relay (a few connections for
+//! about a second each, no HAProxy), so the benchmark never rots: the
+//! generator's codec, the simulated peers, `/proc` sampling, the JSON and
+//! the chart all run in `make test`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The relay executable of the profile this test was built with
+/// (`target/<profile>/pyrycode-relay`). `cargo test --workspace` builds it
+/// before any test runs (the relay's own integration tests need it); when
+/// this crate is tested alone and it is missing, it is built into a
+/// separate target directory, since the running `cargo test` holds the lock
+/// of the normal one.
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/smoke-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable under target/<profile>/deps");
+    let relay = profile_dir.join("pyrycode-relay");
+    if relay.exists() {
+        return relay;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ is inside the workspace");
+    let target_dir = profile_dir
+        .parent()
+        .unwrap_or(profile_dir)
+        .join("relay-bench-smoke");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "-p", "pyrycode-relay", "--bin", "pyrycode-relay"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo build for the relay");
+    assert!(status.success(), "building the relay failed");
+    let built = target_dir.join("debug/pyrycode-relay");
+    assert!(built.exists(), "no relay at {}", built.display());
+    built
+}
+
+#[test]
+fn every_scenario_runs_briefly_against_the_relay() {
+    let relay = relay_binary();
+    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("results.json");
+    let svg = dir.join("latency.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .arg("suite")
+        .arg("--relay")
+        .arg(&relay)
+        .args(["--baseline", "none", "--quiet"])
+        .args([
+            "--idle-phones",
+            "12",
+            "--phones",
+            "6",
+            "--phones-per-binary",
+            "3",
+        ])
+        .args([
+            "--in-flight",
+            "2",
+            "--rates",
+            "400",
+            "--churn-concurrency",
+            "4",
+        ])
+        .args(["--duration", "600ms", "--open-duration", "500ms"])
+        .args(["--warmup", "200ms", "--hold", "200ms", "--sources", "3"])
+        // Pings every 100 ms that must be answered within 400 ms: a
+        // simulated peer that did not answer would be closed 1011, which
+        // the generator counts as an error.
+        .args([
+            "--relay-arg=--ping-interval=100ms",
+            "--relay-arg=--pong-timeout=400ms",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run relay-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "relay-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("## echo"), "{stdout}");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let runs = doc["measurements"].as_array().unwrap();
+    let find = |scenario: &str, label_part: &str| -> &Value {
+        runs.iter()
+            .find(|m| {
+                m["scenario"] == scenario && m["label"].as_str().unwrap_or("").contains(label_part)
+            })
+            .unwrap_or_else(|| panic!("no {scenario} {label_part} run in {doc:#}"))
+    };
+    for m in runs {
+        assert_eq!(m["errors"], 0, "errors in {m:#}");
+        assert_eq!(m["target"], "relay");
+    }
+    let idle = find("idle", "12 phones");
+    assert_eq!(idle["binaries"], 4);
+    assert!(idle["rss_connected_bytes"].as_u64().unwrap() > 0);
+
+    let closed = find("echo", "2 in flight");
+    assert!(closed["completed"].as_u64().unwrap() > 10, "{closed:#}");
+    assert_eq!(
+        closed["forwarded_messages"].as_u64().unwrap(),
+        2 * closed["completed"].as_u64().unwrap()
+    );
+    assert!(closed["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(closed["message_bytes"], 256);
+
+    let open = find("echo", "/s offered");
+    assert!(open["completed"].as_u64().unwrap() > 50, "{open:#}");
+
+    let churn = find("churn", "4 at a time");
+    assert!(churn["upgrades"].as_u64().unwrap() > 0, "{churn:#}");
+    assert!(churn["upgrade_latency"]["p50_us"].as_f64().unwrap() > 0.0);
+
+    let fanout = find("fanout", "1 in flight");
+    assert!(fanout["completed"].as_u64().unwrap() > 10, "{fanout:#}");
+
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("relay p99"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
