@@ -3,12 +3,14 @@
 //! An idle connection holds no buffer at all: reads land in one shared
 //! scratch buffer, and only a partial frame or unsent output borrows a
 //! buffer from the [`BufferPool`]. When the bytes are gone the buffer goes
-//! back to the pool (or is freed, if it grew large).
+//! back to the pool, which keeps at most [`MAX_POOLED_BYTES`] of them:
+//! enough that a busy connection's queue does not go back to the allocator
+//! (and the kernel, page by page) between two loop turns.
 
 /// Capacity of a fresh pooled buffer.
 pub const BUFFER_SIZE: usize = 16 * 1024;
-/// A returned buffer larger than this is freed instead of pooled.
-const MAX_POOLED_CAPACITY: usize = 64 * 1024;
+/// The pool never holds more than this many bytes of idle buffers.
+pub const MAX_POOLED_BYTES: usize = 16 * 1024 * 1024;
 /// At most this many idle buffers are kept.
 const MAX_POOLED: usize = 1024;
 
@@ -16,20 +18,27 @@ const MAX_POOLED: usize = 1024;
 #[derive(Default)]
 pub struct BufferPool {
     free: Vec<Vec<u8>>,
+    idle_bytes: usize,
 }
 
 impl BufferPool {
     /// An empty buffer with at least [`BUFFER_SIZE`] capacity.
     pub fn get(&mut self) -> Vec<u8> {
-        self.free
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
+        match self.free.pop() {
+            Some(buf) => {
+                self.idle_bytes -= buf.capacity();
+                buf
+            }
+            None => Vec::with_capacity(BUFFER_SIZE),
+        }
     }
 
-    /// Gives a buffer back.
+    /// Gives a buffer back; it is freed if the pool is full.
     pub fn put(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= MAX_POOLED_CAPACITY && self.free.len() < MAX_POOLED {
+        let fits = self.idle_bytes + buf.capacity() <= MAX_POOLED_BYTES;
+        if fits && self.free.len() < MAX_POOLED && buf.capacity() > 0 {
             buf.clear();
+            self.idle_bytes += buf.capacity();
             self.free.push(buf);
         }
     }
@@ -39,9 +48,9 @@ impl BufferPool {
         self.free.len()
     }
 
-    /// Bytes allocated by the idle buffers (at most 1024 × 64 KiB).
+    /// Bytes allocated by the idle buffers (at most [`MAX_POOLED_BYTES`]).
     pub fn idle_bytes(&self) -> usize {
-        self.free.iter().map(Vec::capacity).sum()
+        self.idle_bytes
     }
 }
 
@@ -115,12 +124,17 @@ mod tests {
     }
 
     #[test]
-    fn pool_reuses_and_drops_large_buffers() {
+    fn pool_reuses_buffers_within_its_byte_budget() {
         let mut pool = BufferPool::default();
         let buf = pool.get();
         pool.put(buf);
         assert_eq!(pool.idle(), 1);
-        pool.put(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
-        assert_eq!(pool.idle(), 1);
+        pool.put(Vec::with_capacity(1 << 20));
+        assert_eq!(pool.idle(), 2);
+        pool.put(Vec::with_capacity(MAX_POOLED_BYTES));
+        assert_eq!(pool.idle(), 2, "over the byte budget: freed");
+        let big = pool.get();
+        assert_eq!(big.capacity(), 1 << 20);
+        assert_eq!(pool.idle_bytes(), pool.get().capacity());
     }
 }

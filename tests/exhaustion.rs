@@ -272,7 +272,7 @@ fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_c
     // Allocated bytes: queues may hold up to twice their unsent bytes
     // (sent bytes are dropped lazily) and Vec growth doubles again;
     // the idle pool and the scratch buffer are global.
-    let global = 1024 * 64 * 1024 + 64 * 1024;
+    let global = pyrycode_relay::buffer::MAX_POOLED_BYTES + 64 * 1024;
     assert!(worst.allocated <= 4 * bound + global, "{worst:?}");
     // The tight bounds by role: the binary's queue stops one message past
     // high water; a phone is closed before its queue passes its backlog.

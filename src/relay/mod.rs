@@ -141,6 +141,7 @@ impl Relay {
     pub fn new(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
+        deepen_backlog(&listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -492,4 +493,14 @@ impl Relay {
             self.detach(key, peer, ending, conn.remote);
         }
     }
+}
+
+/// mio listens with a backlog of 128; a burst of reconnecting phones
+/// (every phone of a restarted relay at once) overflows that. Listening
+/// again on a listening socket only changes its backlog (the kernel caps
+/// it at `net.core.somaxconn`).
+fn deepen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on a descriptor we own; failure leaves the old backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
 }
