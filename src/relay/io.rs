@@ -27,13 +27,19 @@ enum ReadOutcome {
 impl Relay {
     /// Reads whatever connection `key` has to offer, as its phase allows.
     pub(super) fn pump(&mut self, key: ConnKey) {
+        self.pump_until(key, false);
+    }
+
+    /// Like [`Relay::pump`]; with `short_read_drains`, an open WebSocket
+    /// stops reading at the first read that did not fill the buffer.
+    pub(super) fn pump_until(&mut self, key: ConnKey, short_read_drains: bool) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
         match &conn.phase {
             Phase::Head => self.read_head(key),
             Phase::Draining { .. } => self.read_and_discard(key),
-            Phase::Open(_) | Phase::Closing => self.read_frames(key),
+            Phase::Open(_) | Phase::Closing => self.read_frames(key, short_read_drains),
         }
     }
 
@@ -107,7 +113,7 @@ impl Relay {
         }
     }
 
-    fn read_frames(&mut self, key: ConnKey) {
+    fn read_frames(&mut self, key: ConnKey, short_read_drains: bool) {
         let id = self.conns[key].id;
         if self.conns[key].inbuf.is_some() && self.may_read(key) {
             self.consume(key, id, 0);
@@ -117,7 +123,12 @@ impl Relay {
                 return;
             }
             match self.read_socket(key) {
-                ReadOutcome::Data(n) => self.consume(key, id, n),
+                ReadOutcome::Data(n) => {
+                    self.consume(key, id, n);
+                    if short_read_drains && n < super::SCRATCH_SIZE {
+                        return;
+                    }
+                }
                 ReadOutcome::WouldBlock => return,
                 ReadOutcome::Closed => return self.on_eof(key),
             }

@@ -68,6 +68,17 @@ enum TimerKey {
     AcceptBackoff,
 }
 
+/// One readiness event, copied out of `Events` so handling it may borrow
+/// the relay mutably.
+#[derive(Clone, Copy)]
+struct Readiness {
+    token: Token,
+    readable: bool,
+    writable: bool,
+    /// The peer closed its side, or the socket has an error.
+    closed: bool,
+}
+
 /// A snapshot of the loop's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -105,7 +116,7 @@ pub struct Relay {
     started: Instant,
     poll: Poll,
     events: Events,
-    ready: Vec<(Token, bool, bool)>,
+    ready: Vec<Readiness>,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     metrics_listener: Option<TcpListener>,
@@ -284,14 +295,18 @@ impl Relay {
         }
         self.ready.clear();
         for event in self.events.iter() {
-            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-            self.ready
-                .push((event.token(), readable, event.is_writable()));
+            let closed = event.is_read_closed() || event.is_error();
+            self.ready.push(Readiness {
+                token: event.token(),
+                readable: event.is_readable() || closed,
+                writable: event.is_writable(),
+                closed,
+            });
         }
         let mut busy = !self.ready.is_empty() || !self.resume.is_empty();
         let ready = std::mem::take(&mut self.ready);
-        for &(token, readable, writable) in &ready {
-            self.dispatch(token, readable, writable);
+        for &readiness in &ready {
+            self.dispatch(readiness);
         }
         self.ready = ready;
         for key in std::mem::take(&mut self.resume) {
@@ -311,17 +326,21 @@ impl Relay {
         Some(wait + Duration::from_millis(1))
     }
 
-    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
-        match token {
+    fn dispatch(&mut self, event: Readiness) {
+        match event.token {
             LISTENER => self.accept(Origin::Public),
             METRICS_LISTENER => self.accept(Origin::Metrics),
             SIGNALS => self.on_signal(),
             Token(key) => {
-                if writable {
+                if event.writable {
                     self.flush(key);
                 }
-                if readable {
-                    self.pump(key);
+                if event.readable {
+                    // Without a FIN or error in this event, a short read
+                    // means the socket is drained: edge-triggered epoll
+                    // reports the next bytes as a new event, so the
+                    // `recv` that would only say EAGAIN is skipped.
+                    self.pump_until(key, !event.closed);
                 }
             }
         }
