@@ -816,3 +816,32 @@ fn phones_of_a_backpressured_binary_are_not_timed_out_for_missing_pongs() {
         assert!(waited <= secs(31), "the silent phone was never closed");
     }
 }
+
+#[test]
+fn phones_held_back_by_a_binary_that_leaves_are_read_again_at_once() {
+    let mut h = Harness::new();
+    let binary = h.binary(SID);
+    let mut phone = h.phone(SID);
+    let frames: Vec<u8> = (0..512)
+        .flat_map(|i| masked_frame(0x1, true, &big_frame(i, 64 * 1024)))
+        .collect();
+    let sent = push_until_paused(&mut h, &mut phone, &frames);
+    assert!(phone.relay_unread().unwrap_or(0) > 0);
+
+    // The binary goes away: its server-id enters grace, so nothing holds
+    // the phone back any more. The relay must read what is waiting without
+    // a new readiness edge from the phone (which sends nothing new).
+    binary.hang_up(&mut h);
+    phone.wait_delivered(&mut h);
+    assert_eq!(phone.relay_unread(), Some(0));
+    assert!(sent > 0);
+    assert_eq!(
+        h.stats().phones,
+        1,
+        "the phone stays, waiting out the grace"
+    );
+    assert!(!h
+        .relay
+        .metrics_text()
+        .contains("pyrycode_relay_phone_messages_dropped_total 0\n"));
+}

@@ -220,6 +220,9 @@ impl Relay {
                     "server_released server_id={server_id} grace_seconds={}",
                     self.config.grace_period.as_secs_f64()
                 );
+                // Phones held back by this binary's backpressure may have
+                // unread bytes and no new readiness edge: read them now.
+                self.resume_phones(&server_id);
                 self.timers.schedule(
                     until,
                     TimerKey::Grace {
