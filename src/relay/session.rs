@@ -171,12 +171,17 @@ impl Relay {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let Phase::Open(peer) = std::mem::replace(&mut conn.phase, Phase::Closing) else {
+        let phase = std::mem::replace(&mut conn.phase, Phase::Closing);
+        let Phase::Open(peer) = phase else {
+            conn.phase = phase; // closing or closed already
             return;
         };
         let remote = conn.remote;
         ws::write_close(self.queue(key), Some(code), reason);
         self.enter_closing(key);
+        // A phone held back by backpressure has unread bytes and may get no
+        // new readiness edge: read on, to find the peer's close frame.
+        self.resume.push(key);
         self.detach(key, peer, ending, remote);
     }
 
