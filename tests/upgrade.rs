@@ -116,6 +116,7 @@ fn assert_refused(h: &mut Harness, request: &str, expected: u16) -> String {
     );
     assert_eq!(header_values(&response, "Content-Length"), vec!["0"]);
     assert_eq!(client.body_until_eof(h), b"", "refusals have an empty body");
+    client.hang_up(h);
     response
 }
 
