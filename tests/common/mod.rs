@@ -474,6 +474,25 @@ impl Client {
     }
 }
 
+impl Drop for Client {
+    /// Hangs up (FIN) and waits, briefly and without the relay's help,
+    /// until the relay's socket has acknowledged the FIN: the kernel does
+    /// that by itself, but on a loaded machine a moment later, and a test
+    /// that counts the relay's connections right after a drop must not
+    /// look before the FIN is there.
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let fd = self.stream.as_raw_fd();
+        for _ in 0..100_000 {
+            match unacknowledged(fd) {
+                Some(1..) => std::thread::yield_now(),
+                _ => return,
+            }
+        }
+    }
+}
+
 /// A client frame: masked with a fixed key.
 pub fn masked_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     stream::client_frame(opcode, fin, [0x37, 0xfa, 0x21, 0x3d], payload)
