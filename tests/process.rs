@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{envelope, masked_frame, upgrade_head};
+use common::{envelope, masked_frame, take_server_frame, upgrade_head, Msg};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
 /// The longest any one step may take before the test fails.
@@ -155,13 +155,6 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
 // A small blocking WebSocket client
 // ---------------------------------------------------------------------
 
-/// A frame the relay sent: opcode and payload.
-#[derive(Debug, PartialEq, Eq)]
-struct Frame {
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
 struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -237,9 +230,9 @@ impl Ws {
     }
 
     /// The next frame, waiting at most [`WAIT`].
-    fn recv(&mut self) -> Frame {
+    fn recv(&mut self) -> Msg {
         loop {
-            if let Some(frame) = self.parse() {
+            if let Some(frame) = take_server_frame(&mut self.buf) {
                 return frame;
             }
             let mut chunk = [0u8; 16 * 1024];
@@ -253,32 +246,31 @@ impl Ws {
     }
 
     /// The next frame that is not a ping or pong; pings are answered.
-    fn recv_data(&mut self) -> Frame {
+    fn recv_data(&mut self) -> Msg {
         loop {
-            let frame = self.recv();
-            match frame.opcode {
-                0x9 => self.send(0xA, &frame.payload),
-                0xA => {}
-                _ => return frame,
+            match self.recv() {
+                Msg::Ping(payload) => self.send(0xA, &payload),
+                Msg::Pong(_) => {}
+                frame => return frame,
             }
         }
     }
 
     fn recv_text(&mut self) -> Vec<u8> {
-        let frame = self.recv_data();
-        assert_eq!(frame.opcode, 0x1, "expected text, got {frame:?}");
-        frame.payload
+        match self.recv_data() {
+            Msg::Text(payload) => payload,
+            other => panic!("expected text, got {other:?}"),
+        }
     }
 
     /// Expects a close frame, echoes it, and waits for EOF; returns the
     /// code and reason.
     fn expect_close(&mut self) -> (u16, String) {
-        let frame = self.recv_data();
-        assert_eq!(frame.opcode, 0x8, "expected a close, got {frame:?}");
-        assert!(frame.payload.len() >= 2, "close without a code");
-        let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
-        let reason = String::from_utf8(frame.payload[2..].to_vec()).expect("UTF-8 reason");
-        self.send(0x8, &frame.payload[..2]);
+        let (code, reason) = match self.recv_data() {
+            Msg::Close(Some(code), reason) => (code, reason),
+            other => panic!("expected a close with a code, got {other:?}"),
+        };
+        self.send(0x8, &code.to_be_bytes());
         self.wait_eof();
         (code, reason)
     }
@@ -294,33 +286,6 @@ impl Ws {
                 Err(err) => panic!("no EOF: {err}"),
             }
         }
-    }
-
-    fn parse(&mut self) -> Option<Frame> {
-        let buf = &self.buf;
-        if buf.len() < 2 {
-            return None;
-        }
-        assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
-        assert_eq!(buf[0] & 0xF0, 0x80, "final frame, no reserved bits");
-        let (len, header) = match buf[1] & 0x7F {
-            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-            127 if buf.len() >= 10 => (
-                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => return None,
-            n => (n as usize, 2),
-        };
-        if buf.len() < header + len {
-            return None;
-        }
-        let frame = Frame {
-            opcode: buf[0] & 0x0F,
-            payload: buf[header..header + len].to_vec(),
-        };
-        self.buf.drain(..header + len);
-        Some(frame)
     }
 }
 

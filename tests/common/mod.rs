@@ -435,42 +435,7 @@ impl Client {
     }
 
     fn parse_frame(&mut self) -> Option<Msg> {
-        let buf = &self.buf;
-        if buf.len() < 2 {
-            return None;
-        }
-        assert_eq!(buf[1] & 0x80, 0, "the relay must not mask its frames");
-        assert_eq!(buf[0] & 0x70, 0, "the relay must not set reserved bits");
-        assert_ne!(buf[0] & 0x80, 0, "the relay must send final frames");
-        let (len, header) = match buf[1] & 0x7F {
-            126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-            127 if buf.len() >= 10 => (
-                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => return None,
-            n => (n as usize, 2),
-        };
-        if buf.len() < header + len {
-            return None;
-        }
-        let opcode = buf[0] & 0x0F;
-        let payload = buf[header..header + len].to_vec();
-        self.buf.drain(..header + len);
-        Some(match opcode {
-            0x1 => Msg::Text(payload),
-            0x2 => Msg::Binary(payload),
-            0x8 => {
-                let code =
-                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                let reason = String::from_utf8(payload.get(2..).unwrap_or_default().to_vec())
-                    .expect("reason is UTF-8");
-                Msg::Close(code, reason)
-            }
-            0x9 => Msg::Ping(payload),
-            0xA => Msg::Pong(payload),
-            other => panic!("unexpected opcode {other}"),
-        })
+        take_server_frame(&mut self.buf)
     }
 }
 
@@ -491,6 +456,45 @@ impl Drop for Client {
             }
         }
     }
+}
+
+/// Takes the first complete frame the relay sent off `buf`, checking it
+/// is unmasked, final and without reserved bits; `None` until complete.
+pub fn take_server_frame(buf: &mut Vec<u8>) -> Option<Msg> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "the relay must not mask its frames");
+    assert_eq!(buf[0] & 0x70, 0, "the relay must not set reserved bits");
+    assert_ne!(buf[0] & 0x80, 0, "the relay must send final frames");
+    let (len, header) = match buf[1] & 0x7F {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < header + len {
+        return None;
+    }
+    let opcode = buf[0] & 0x0F;
+    let payload = buf[header..header + len].to_vec();
+    buf.drain(..header + len);
+    Some(match opcode {
+        0x1 => Msg::Text(payload),
+        0x2 => Msg::Binary(payload),
+        0x8 => {
+            let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            let reason = String::from_utf8(payload.get(2..).unwrap_or_default().to_vec())
+                .expect("reason is UTF-8");
+            Msg::Close(code, reason)
+        }
+        0x9 => Msg::Ping(payload),
+        0xA => Msg::Pong(payload),
+        other => panic!("unexpected opcode {other}"),
+    })
 }
 
 /// A client frame: masked with a fixed key.
