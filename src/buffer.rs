@@ -54,6 +54,36 @@ impl BufferPool {
     }
 }
 
+/// Where a reader gets a buffer when bytes must outlive a read (a partial
+/// frame, a fragmented message) and gives it back afterwards. The relay
+/// passes its [`BufferPool`]; tests and the benchmark pass [`Unpooled`].
+pub trait Buffers {
+    /// An empty buffer.
+    fn get(&mut self) -> Vec<u8>;
+    /// A buffer that is no longer needed.
+    fn put(&mut self, buf: Vec<u8>);
+}
+
+impl Buffers for BufferPool {
+    fn get(&mut self) -> Vec<u8> {
+        BufferPool::get(self)
+    }
+    fn put(&mut self, buf: Vec<u8>) {
+        BufferPool::put(self, buf)
+    }
+}
+
+/// Plain allocation: a new `Vec` each time, dropped when given back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unpooled;
+
+impl Buffers for Unpooled {
+    fn get(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn put(&mut self, _buf: Vec<u8>) {}
+}
+
 /// Output waiting for the socket: bytes `sent..` of `buf` are unsent.
 pub struct OutQueue {
     buf: Vec<u8>,

@@ -80,6 +80,23 @@ impl Default for Config {
     }
 }
 
+/// Size of the one scratch buffer every socket read lands in: the most a
+/// single read can add to a connection's partial input.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+impl Config {
+    /// The longest output queue a connection may have and still be read.
+    /// Ordinary traffic stays below it (a phone's queue is capped by
+    /// `phone_backlog`, a binary's by `binary_high_water` plus one
+    /// message); only what a peer's own input makes the relay owe it
+    /// (pongs) can go beyond, and a peer that pings without reading its
+    /// pongs is not read until it does: its queue stays bounded and the
+    /// output-stall deadline ends it.
+    pub fn output_read_limit(&self) -> usize {
+        self.phone_backlog.max(self.binary_high_water) + self.max_message_size + READ_CHUNK
+    }
+}
+
 /// Parses `30s`, `500ms`, `2m`, `1h`, `1m30s`, `1.5s`; a bare `0` is zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {text:?} (expected e.g. 30s, 500ms, 2m)");

@@ -3,7 +3,9 @@
 //!
 //! This is bookkeeping only. Each method changes the state and returns what
 //! the caller must now do to sockets (close these phones, probe that
-//! holder); the relay loop does the I/O.
+//! holder); the relay loop does the I/O (`relay/slot.rs`). Connections are
+//! named by `K`, whatever the caller uses: the relay's connection handles,
+//! plain numbers in the tests below.
 //!
 //! ```text
 //!            claim                 holder leaves            timer fires
@@ -17,19 +19,13 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// A connection's index in the relay's slab.
-pub type ConnKey = usize;
-
 /// Who holds a server-id right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlotState {
+pub enum SlotState<K> {
     /// A binary is connected and serving.
-    Held { binary: ConnKey },
+    Held { binary: K },
     /// A second binary claimed the id; the holder is being pinged.
-    Probing {
-        binary: ConnKey,
-        challenger: ConnKey,
-    },
+    Probing { binary: K, challenger: K },
     /// The binary left; the id is reserved until the grace timer of this
     /// generation fires.
     Grace,
@@ -37,9 +33,9 @@ pub enum SlotState {
 
 /// One server-id's entry.
 #[derive(Debug)]
-pub struct Slot {
-    pub state: SlotState,
-    pub phones: Vec<ConnKey>,
+pub struct Slot<K> {
+    pub state: SlotState<K>,
+    pub phones: Vec<K>,
     /// Bumped whenever a grace window opens, so an old timer can tell it
     /// is stale.
     pub generation: u64,
@@ -50,28 +46,25 @@ pub struct Slot {
 
 /// What a claim of `/v1/server` leads to.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Claim {
+pub enum Claim<K> {
     /// Nobody held the id: the claimant holds it now.
     Fresh,
     /// The id was in grace: the claimant holds it; these phones belonged
     /// to the previous binary and must be closed.
-    Reclaimed { phones: Vec<ConnKey> },
+    Reclaimed { phones: Vec<K> },
     /// The id is held: ping this holder; the claimant waits.
-    Probe { holder: ConnKey },
+    Probe { holder: K },
     /// A probe for this id is already running: refuse the claimant.
     Busy,
 }
 
 /// What happens to a slot when its binary's connection ends.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Release {
+pub enum Release<K> {
     /// The slot is in grace; its timer must be armed for this generation.
     Grace { generation: u64 },
     /// A waiting challenger holds the slot now; these phones must be closed.
-    HandedOver {
-        challenger: ConnKey,
-        phones: Vec<ConnKey>,
-    },
+    HandedOver { challenger: K, phones: Vec<K> },
     /// The connection did not hold the slot (already replaced).
     NotHolder,
 }
@@ -85,15 +78,23 @@ pub enum Join {
 }
 
 /// Every server-id the relay knows, and every live phone's conn_id.
-#[derive(Default)]
-pub struct Registry {
-    slots: HashMap<Rc<str>, Slot>,
-    phones_by_conn_id: HashMap<Rc<str>, ConnKey>,
+pub struct Registry<K> {
+    slots: HashMap<Rc<str>, Slot<K>>,
+    phones_by_conn_id: HashMap<Rc<str>, K>,
 }
 
-impl Registry {
+impl<K> Default for Registry<K> {
+    fn default() -> Self {
+        Registry {
+            slots: HashMap::new(),
+            phones_by_conn_id: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq> Registry<K> {
     /// The slot of `server_id`, if any.
-    pub fn slot(&self, server_id: &str) -> Option<&Slot> {
+    pub fn slot(&self, server_id: &str) -> Option<&Slot<K>> {
         self.slots.get(server_id)
     }
 
@@ -107,7 +108,7 @@ impl Registry {
     }
 
     /// A binary at `binary` claims `server_id` (SPEC §4).
-    pub fn claim(&mut self, server_id: &Rc<str>, binary: ConnKey) -> Claim {
+    pub fn claim(&mut self, server_id: &Rc<str>, binary: K) -> Claim<K> {
         let Some(slot) = self.slots.get_mut(server_id) else {
             self.slots.insert(
                 server_id.clone(),
@@ -142,7 +143,7 @@ impl Registry {
 
     /// The holder answered the probe: it keeps the slot. Returns the
     /// challenger to refuse.
-    pub fn probe_answered(&mut self, server_id: &str, holder: ConnKey) -> Option<ConnKey> {
+    pub fn probe_answered(&mut self, server_id: &str, holder: K) -> Option<K> {
         let slot = self.slots.get_mut(server_id)?;
         match slot.state {
             SlotState::Probing { binary, challenger } if binary == holder => {
@@ -155,11 +156,7 @@ impl Registry {
 
     /// The probe timed out: the challenger takes the slot. Returns the
     /// silent holder and its phones, all to be closed.
-    pub fn take_over(
-        &mut self,
-        server_id: &str,
-        challenger: ConnKey,
-    ) -> Option<(ConnKey, Vec<ConnKey>)> {
+    pub fn take_over(&mut self, server_id: &str, challenger: K) -> Option<(K, Vec<K>)> {
         let slot = self.slots.get_mut(server_id)?;
         match slot.state {
             SlotState::Probing {
@@ -175,7 +172,7 @@ impl Registry {
     }
 
     /// A waiting challenger's connection ended before the probe did.
-    pub fn challenger_left(&mut self, server_id: &str, challenger: ConnKey) {
+    pub fn challenger_left(&mut self, server_id: &str, challenger: K) {
         if let Some(slot) = self.slots.get_mut(server_id) {
             if let SlotState::Probing {
                 binary,
@@ -190,7 +187,7 @@ impl Registry {
     }
 
     /// The connection of the binary at `binary` ended.
-    pub fn release(&mut self, server_id: &str, binary: ConnKey) -> Release {
+    pub fn release(&mut self, server_id: &str, binary: K) -> Release<K> {
         let Some(slot) = self.slots.get_mut(server_id) else {
             return Release::NotHolder;
         };
@@ -220,7 +217,7 @@ impl Registry {
 
     /// The grace timer of `generation` fired. If it still stands, the slot
     /// is freed and its phones are returned to be closed.
-    pub fn expire(&mut self, server_id: &str, generation: u64) -> Option<Vec<ConnKey>> {
+    pub fn expire(&mut self, server_id: &str, generation: u64) -> Option<Vec<K>> {
         let slot = self.slots.get(server_id)?;
         if slot.state != SlotState::Grace || slot.generation != generation {
             return None;
@@ -229,7 +226,7 @@ impl Registry {
     }
 
     /// Adds a phone to `server_id`, within `cap` phones.
-    pub fn join(&mut self, server_id: &str, phone: ConnKey, cap: usize) -> Join {
+    pub fn join(&mut self, server_id: &str, phone: K, cap: usize) -> Join {
         let Some(slot) = self.slots.get_mut(server_id) else {
             return Join::NoServer;
         };
@@ -241,12 +238,12 @@ impl Registry {
     }
 
     /// Records a phone's conn_id for routing.
-    pub fn add_conn_id(&mut self, conn_id: Rc<str>, phone: ConnKey) {
+    pub fn add_conn_id(&mut self, conn_id: Rc<str>, phone: K) {
         self.phones_by_conn_id.insert(conn_id, phone);
     }
 
     /// Removes a phone from its slot and from the conn_id index.
-    pub fn leave(&mut self, server_id: &str, conn_id: &str, phone: ConnKey) {
+    pub fn leave(&mut self, server_id: &str, conn_id: &str, phone: K) {
         if let Some(slot) = self.slots.get_mut(server_id) {
             slot.phones.retain(|key| *key != phone);
         }
@@ -254,12 +251,12 @@ impl Registry {
     }
 
     /// The phone that has `conn_id`.
-    pub fn phone(&self, conn_id: &str) -> Option<ConnKey> {
+    pub fn phone(&self, conn_id: &str) -> Option<K> {
         self.phones_by_conn_id.get(conn_id).copied()
     }
 
     /// The binary currently serving `server_id`.
-    pub fn binary(&self, server_id: &str) -> Option<ConnKey> {
+    pub fn binary(&self, server_id: &str) -> Option<K> {
         match self.slots.get(server_id)?.state {
             SlotState::Held { binary } | SlotState::Probing { binary, .. } => Some(binary),
             SlotState::Grace => None,
@@ -288,7 +285,7 @@ impl Registry {
     }
 
     /// The phones of `server_id`.
-    pub fn phones(&self, server_id: &str) -> &[ConnKey] {
+    pub fn phones(&self, server_id: &str) -> &[K] {
         self.slots
             .get(server_id)
             .map_or(&[][..], |slot| &slot.phones[..])
@@ -305,7 +302,7 @@ mod tests {
 
     #[test]
     fn first_claim_wins_and_a_second_probes() {
-        let mut registry = Registry::default();
+        let mut registry = Registry::<u32>::default();
         assert_eq!(registry.claim(&id("s"), 1), Claim::Fresh);
         assert_eq!(registry.claim(&id("s"), 2), Claim::Probe { holder: 1 });
         assert_eq!(registry.claim(&id("s"), 3), Claim::Busy);
@@ -315,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_silent_holder_is_taken_over_with_its_phones() {
-        let mut registry = Registry::default();
+        let mut registry = Registry::<u32>::default();
         registry.claim(&id("s"), 1);
         assert_eq!(registry.join("s", 10, 16), Join::Joined);
         registry.claim(&id("s"), 2);
@@ -326,7 +323,7 @@ mod tests {
 
     #[test]
     fn grace_then_reclaim_hands_back_the_phones_and_stales_the_timer() {
-        let mut registry = Registry::default();
+        let mut registry = Registry::<u32>::default();
         registry.claim(&id("s"), 1);
         registry.join("s", 10, 16);
         let Release::Grace { generation } = registry.release("s", 1) else {
@@ -347,7 +344,7 @@ mod tests {
 
     #[test]
     fn expiry_frees_the_slot() {
-        let mut registry = Registry::default();
+        let mut registry = Registry::<u32>::default();
         registry.claim(&id("s"), 1);
         registry.join("s", 10, 16);
         let Release::Grace { generation } = registry.release("s", 1) else {
@@ -360,7 +357,7 @@ mod tests {
 
     #[test]
     fn the_phone_cap_holds() {
-        let mut registry = Registry::default();
+        let mut registry = Registry::<u32>::default();
         registry.claim(&id("s"), 1);
         assert_eq!(registry.join("s", 10, 1), Join::Joined);
         assert_eq!(registry.join("s", 11, 1), Join::Full);

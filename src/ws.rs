@@ -1,17 +1,28 @@
-//! RFC 6455 framing over buffers the relay owns (SPEC §6, issue point 4).
+//! RFC 6455 framing over buffers the caller owns (SPEC §6).
 //!
-//! `tungstenite` parses frame headers, masks and formats; this module adds
-//! what a server must enforce on top: masked client frames only, no
-//! reserved bits, control frames final and short, continuation rules, the
-//! message size cap checked *before* the payload is buffered, and message
-//! reassembly across fragments. Every frame the relay writes is unmasked
-//! and final.
+//! `tungstenite` parses frame headers and formats them; this module adds
+//! what an endpoint must enforce on top: masked frames from clients only
+//! and unmasked frames from servers only, no reserved bits, control frames
+//! final and short, continuation rules, and the message size cap checked
+//! *before* the payload is buffered.
+//!
+//! Reading a byte stream is [`Reader`]'s job (`ws/reader.rs`): bytes in,
+//! events out. It is the only WebSocket decoder of the workspace: the
+//! relay, the test clients, the property tests, the fuzzers and
+//! `relay-bench` all read through it. Writing is the `write_*` functions:
+//! every frame the relay writes is unmasked and final; clients (tests and
+//! the benchmark's simulated peers) write masked frames with
+//! [`write_client_frame`].
+
+mod reader;
 
 use std::io::Cursor;
 use std::ops::Range;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+
+pub use reader::{Batch, Event, OwnedEvent, Reader};
 
 /// Close codes the relay sends.
 pub mod close {
@@ -86,57 +97,26 @@ pub struct Frame {
     pub len: usize,
 }
 
-/// Reassembly state of a connection: a fragmented message in progress.
-#[derive(Default)]
-pub struct Assembler {
-    /// `Some(is_text)` while a fragmented message is open.
-    open: Option<bool>,
-    /// The payload received so far of the open message.
-    pub buffer: Option<Vec<u8>>,
-}
-
-impl Assembler {
-    /// Whether a fragmented message is open.
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
-
-    /// Payload bytes held for the open message.
-    pub fn held(&self) -> usize {
-        self.buffer.as_ref().map_or(0, Vec::len)
-    }
-
-    /// Starts a fragmented message with its first payload.
-    pub fn open(&mut self, is_text: bool, mut buffer: Vec<u8>, first: &[u8]) {
-        buffer.extend_from_slice(first);
-        self.open = Some(is_text);
-        self.buffer = Some(buffer);
-    }
-
-    /// Appends a continuation payload.
-    pub fn append(&mut self, payload: &[u8]) {
-        if let Some(buffer) = self.buffer.as_mut() {
-            buffer.extend_from_slice(payload);
-        }
-    }
-
-    /// Ends the open message: whether it was text, and its payload.
-    pub fn finish(&mut self) -> (bool, Vec<u8>) {
-        (
-            self.open.take().unwrap_or(false),
-            self.buffer.take().unwrap_or_default(),
-        )
-    }
+/// Which end of a connection is reading: a server reads masked client
+/// frames, a client reads unmasked server frames (RFC 6455 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The relay (or the benchmark's echo server): every frame must be masked.
+    Server,
+    /// A test client or the benchmark's peers: no frame may be masked.
+    Client,
 }
 
 /// Parses the frame at the start of `buf`, unmasking its payload in place.
 ///
-/// `Ok(None)` means more bytes are needed. Size and protocol rules are
-/// checked as soon as the header is complete, so an oversized or invalid
-/// frame is refused before its payload is waited for.
+/// `open_message` is `Some(bytes held)` while a fragmented message is being
+/// reassembled. `Ok(None)` means more bytes are needed. Size and protocol
+/// rules are checked as soon as the header is complete, so an oversized or
+/// invalid frame is refused before its payload is waited for.
 pub fn parse_frame(
     buf: &mut [u8],
-    assembler: &Assembler,
+    role: Role,
+    open_message: Option<usize>,
     max_message: usize,
 ) -> Result<Option<Frame>, FrameError> {
     let mut cursor = Cursor::new(&*buf);
@@ -146,15 +126,14 @@ pub fn parse_frame(
         Err(_) => return Err(FrameError::Protocol("reserved opcode")),
     };
     let header_len = cursor.position() as usize;
-    let kind = check_header(&header, payload_len, assembler, max_message)?;
+    let kind = check_header(&header, payload_len, role, open_message, max_message)?;
     let total = header_len + payload_len as usize;
     if buf.len() < total {
         return Ok(None);
     }
-    let mask = header
-        .mask
-        .ok_or(FrameError::Protocol("unmasked client frame"))?;
-    apply_mask(&mut buf[header_len..total], mask);
+    if let Some(mask) = header.mask {
+        apply_mask(&mut buf[header_len..total], mask);
+    }
     Ok(Some(Frame {
         kind,
         is_final: header.is_final,
@@ -166,14 +145,17 @@ pub fn parse_frame(
 fn check_header(
     header: &FrameHeader,
     payload_len: u64,
-    assembler: &Assembler,
+    role: Role,
+    open_message: Option<usize>,
     max_message: usize,
 ) -> Result<FrameKind, FrameError> {
     if header.rsv1 || header.rsv2 || header.rsv3 {
         return Err(FrameError::Protocol("reserved bits set"));
     }
-    if header.mask.is_none() {
-        return Err(FrameError::Protocol("unmasked client frame"));
+    match (role, header.mask.is_some()) {
+        (Role::Server, false) => return Err(FrameError::Protocol("unmasked client frame")),
+        (Role::Client, true) => return Err(FrameError::Protocol("masked server frame")),
+        _ => {}
     }
     let kind = match header.opcode {
         OpCode::Data(Data::Text) => FrameKind::Text,
@@ -190,15 +172,15 @@ fn check_header(
                 return Err(FrameError::Protocol("bad control frame"));
             }
         }
-        FrameKind::Continuation if !assembler.is_open() => {
+        FrameKind::Continuation if open_message.is_none() => {
             return Err(FrameError::Protocol("continuation without a message"));
         }
-        FrameKind::Text | FrameKind::Binary if assembler.is_open() => {
+        FrameKind::Text | FrameKind::Binary if open_message.is_some() => {
             return Err(FrameError::Protocol("new message inside a fragmented one"));
         }
         _ => {
-            let total = payload_len.saturating_add(assembler.held() as u64);
-            if total > max_message as u64 {
+            let held = open_message.unwrap_or(0) as u64;
+            if payload_len.saturating_add(held) > max_message as u64 {
                 return Err(FrameError::TooBig);
             }
         }
@@ -263,6 +245,38 @@ pub fn write_frame(out: &mut Vec<u8>, kind: FrameKind, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends a frame as a client sends it: masked with `mask`, payload
+/// `parts` concatenated. `opcode` is the raw 4-bit opcode, so a test can
+/// send a reserved one on purpose; `fin` false starts or continues a
+/// fragmented message.
+pub fn write_client_frame(
+    out: &mut Vec<u8>,
+    opcode: u8,
+    fin: bool,
+    parts: &[&[u8]],
+    mask: [u8; 4],
+) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
+    match len {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65_536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    apply_mask(&mut out[start..], mask);
+}
+
 /// Appends a close frame; a `None` code sends an empty payload.
 pub fn write_close(out: &mut Vec<u8>, code: Option<u16>, reason: &str) {
     match code {
@@ -279,31 +293,20 @@ pub fn write_close(out: &mut Vec<u8>, code: Option<u16>, reason: &str) {
 mod tests {
     use super::*;
 
-    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_client_frame(&mut out, opcode, fin, &[payload], [1, 2, 3, 4]);
         out
+    }
+
+    fn parse(buf: &mut [u8], open: Option<usize>) -> Result<Option<Frame>, FrameError> {
+        parse_frame(buf, Role::Server, open, 1024)
     }
 
     #[test]
     fn a_masked_text_frame_is_unmasked_in_place() {
-        let mut buf = masked(0x81, b"{\"a\":1}");
-        let frame = parse_frame(&mut buf, &Assembler::default(), 1024)
-            .unwrap()
-            .unwrap();
+        let mut buf = masked(0x1, true, b"{\"a\":1}");
+        let frame = parse(&mut buf, None).unwrap().unwrap();
         assert_eq!(frame.kind, FrameKind::Text);
         assert_eq!(&buf[frame.payload.clone()], b"{\"a\":1}");
         assert_eq!(frame.len, buf.len());
@@ -311,43 +314,53 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_for_more() {
-        let full = masked(0x81, &[b'x'; 300]);
+        let full = masked(0x1, true, &[b'x'; 300]);
         for cut in 0..full.len() {
             let mut part = full[..cut].to_vec();
-            assert!(parse_frame(&mut part, &Assembler::default(), 1024)
-                .unwrap()
-                .is_none());
+            assert!(parse(&mut part, None).unwrap().is_none());
         }
     }
 
     #[test]
     fn protocol_violations_are_refused() {
-        let assembler = Assembler::default();
         let mut unmasked = vec![0x81, 0x01, b'x'];
         assert_eq!(
-            parse_frame(&mut unmasked, &assembler, 1024).unwrap_err(),
+            parse(&mut unmasked, None).unwrap_err(),
             FrameError::Protocol("unmasked client frame")
         );
-        let mut rsv = masked(0xC1, b"x");
-        assert!(matches!(
-            parse_frame(&mut rsv, &assembler, 1024),
-            Err(FrameError::Protocol(_))
-        ));
-        let mut reserved_opcode = masked(0x83, b"x");
-        assert!(matches!(
-            parse_frame(&mut reserved_opcode, &assembler, 1024),
-            Err(FrameError::Protocol(_))
-        ));
-        let mut fragmented_ping = masked(0x09, b"x");
-        assert!(matches!(
-            parse_frame(&mut fragmented_ping, &assembler, 1024),
-            Err(FrameError::Protocol(_))
-        ));
-        let mut lone_continuation = masked(0x80, b"x");
-        assert!(matches!(
-            parse_frame(&mut lone_continuation, &assembler, 1024),
-            Err(FrameError::Protocol(_))
-        ));
+        let mut rsv = masked(0x1, true, b"x");
+        rsv[0] |= 0x40;
+        let mut reserved_opcode = masked(0x3, true, b"x");
+        let mut fragmented_ping = masked(0x9, false, b"x");
+        let mut lone_continuation = masked(0x0, true, b"x");
+        let mut text_inside_fragments = masked(0x1, true, b"x");
+        for (bytes, open) in [
+            (&mut rsv, None),
+            (&mut reserved_opcode, None),
+            (&mut fragmented_ping, None),
+            (&mut lone_continuation, None),
+            (&mut text_inside_fragments, Some(3)),
+        ] {
+            assert!(matches!(parse(bytes, open), Err(FrameError::Protocol(_))));
+        }
+    }
+
+    #[test]
+    fn a_client_refuses_masked_frames_and_reads_unmasked_ones() {
+        let mut masked_by_server = masked(0x1, true, b"x");
+        assert_eq!(
+            parse_frame(&mut masked_by_server, Role::Client, None, 1024).unwrap_err(),
+            FrameError::Protocol("masked server frame")
+        );
+        let mut plain = Vec::new();
+        write_frame(&mut plain, FrameKind::Pong, b"hi");
+        let frame = parse_frame(&mut plain, Role::Client, None, 1024)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (frame.kind, &plain[frame.payload]),
+            (FrameKind::Pong, &b"hi"[..])
+        );
     }
 
     #[test]
@@ -355,15 +368,10 @@ mod tests {
         let mut huge = vec![0x81, 0x80 | 127];
         huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
         huge.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(parse(&mut huge, None).unwrap_err(), FrameError::TooBig);
+        let mut more = masked(0x0, true, &[b'x'; 25]);
         assert_eq!(
-            parse_frame(&mut huge, &Assembler::default(), 1024).unwrap_err(),
-            FrameError::TooBig
-        );
-        let mut assembler = Assembler::default();
-        assembler.open(true, Vec::new(), &[b'x'; 1000]);
-        let mut more = masked(0x00, &[b'x'; 25]);
-        assert_eq!(
-            parse_frame(&mut more, &assembler, 1024).unwrap_err(),
+            parse(&mut more, Some(1000)).unwrap_err(),
             FrameError::TooBig
         );
     }
@@ -405,5 +413,25 @@ mod tests {
         let mut big = Vec::new();
         write_frame(&mut big, FrameKind::Text, &[b'y'; 70_000]);
         assert_eq!(&big[..2], &[0x81, 127]);
+    }
+
+    #[test]
+    fn client_frames_are_masked_with_every_length_form() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'z'; len];
+            let mut out = Vec::new();
+            write_client_frame(
+                &mut out,
+                0x2,
+                true,
+                &[&payload[..len / 2], &payload[len / 2..]],
+                [9, 8, 7, 6],
+            );
+            let frame = parse_frame(&mut out, Role::Server, None, usize::MAX)
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.kind, FrameKind::Binary);
+            assert_eq!(&out[frame.payload], &payload[..]);
+        }
     }
 }

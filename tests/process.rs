@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{envelope, masked_frame, take_server_frame, upgrade_head, Msg};
+use common::{envelope, masked_frame, upgrade_head, Msg, ServerFrames};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
 /// The longest any one step may take before the test fails.
@@ -158,6 +158,7 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
 struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
+    frames: ServerFrames,
 }
 
 fn tcp(addr: SocketAddr) -> TcpStream {
@@ -216,7 +217,11 @@ impl Ws {
         let mut buf = Vec::new();
         let (status, head) = take_head(&mut stream, &mut buf);
         assert_eq!(status, 101, "upgrade refused: {head}");
-        Ws { stream, buf }
+        Ws {
+            stream,
+            buf,
+            frames: ServerFrames::default(),
+        }
     }
 
     fn send(&mut self, opcode: u8, payload: &[u8]) {
@@ -232,7 +237,7 @@ impl Ws {
     /// The next frame, waiting at most [`WAIT`].
     fn recv(&mut self) -> Msg {
         loop {
-            if let Some(frame) = take_server_frame(&mut self.buf) {
+            if let Some(frame) = self.frames.take(&mut self.buf) {
                 return frame;
             }
             let mut chunk = [0u8; 16 * 1024];

@@ -137,6 +137,25 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     assert_eq!((stats.binaries, stats.phones), (1, 1));
 }
 
+/// The probe is answered only by a pong that echoes its payload (it
+/// proves the holder read the probe); any other pong, e.g. the answer to
+/// an earlier heartbeat ping, keeps the holder's heartbeat alive but does
+/// not decide the conflict.
+#[test]
+fn only_a_pong_echoing_the_probe_answers_it() {
+    let mut h = Harness::new();
+    let mut holder = h.binary("srv");
+    let mut newcomer = h.binary("srv");
+    expect_probe(&mut h, &mut holder);
+    holder.send_pong(&mut h, b"");
+    holder.send_pong(&mut h, b"conflict-probe?");
+    newcomer.assert_no_data(&mut h);
+    h.advance(secs(10));
+    assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
+    let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
+    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+}
+
 #[test]
 fn a_taken_over_holder_does_not_open_a_grace_window() {
     let mut h = Harness::new();

@@ -1,28 +1,50 @@
-//! Deadlines (SPEC §2, §4, §6, §9): each connection keeps its deadlines in
-//! its own fields and the wheel holds only the earliest; when that fires,
-//! every deadline that is due is acted on and the next one is armed.
-//! Connections the relay is not reading (backpressure, a waiting challenger) are not blamed
-//! for silence: their pong and message deadlines are pushed back.
+//! Deadlines (SPEC §2, §4, §6, §9). Each connection keeps its deadlines in
+//! its own fields (`lifecycle.rs: Deadlines`) and the wheel holds only the
+//! earliest; when that fires, every deadline that is due is acted on and
+//! the next one is armed. Moving a deadline later costs nothing; only an
+//! earlier one adds a wheel entry, and the stale entry is ignored when it
+//! fires. Connections the relay is not reading (backpressure, a waiting
+//! challenger) are not blamed for silence: their pong and message
+//! deadlines are pushed back.
+//!
+//! The other timers: a grace window's end, the shutdown drain, the
+//! rate-limiter sweep, and the end of an accept back-off.
 
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
-use super::conn::{Peer, Phase};
-use super::routing::Ending;
-use super::{Relay, TimerKey, SWEEP_INTERVAL};
-use crate::registry::ConnKey;
-use crate::ws::{self, close, FrameKind};
+use super::conns::Handle;
+use super::lifecycle::Close;
+use super::Relay;
+use crate::ws::{self, FrameKind};
+
+/// How often per-IP rate-limit state of idle IPs is forgotten.
+pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a timer-wheel entry refers to.
+pub(super) enum TimerKey {
+    /// The earliest deadline of a connection, if it is still there.
+    Conn(Handle),
+    /// The end of a grace window (if the slot is still in that generation).
+    Grace { server_id: Rc<str>, generation: u64 },
+    /// The end of the shutdown drain.
+    Drain,
+    /// Time to forget idle IPs in the rate limiter.
+    Sweep,
+    /// Time to accept again after `accept` failed (out of descriptors).
+    AcceptBackoff,
+}
 
 fn due(deadline: Option<Instant>, now: Instant) -> bool {
     deadline.is_some_and(|at| at <= now)
 }
 
 impl Relay {
-    /// Makes sure the wheel will wake connection `key` at its earliest
-    /// deadline.
-    pub(super) fn arm(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    /// Makes sure the wheel will wake `handle` at its earliest deadline.
+    pub(super) fn arm(&mut self, handle: Handle) {
+        let Some(conn) = self.conns.get_mut(handle) else {
             return;
         };
         let Some(at) = conn.deadlines.earliest() else {
@@ -30,8 +52,7 @@ impl Relay {
         };
         if conn.armed.is_none_or(|armed| at < armed) {
             conn.armed = Some(at);
-            self.timers
-                .schedule(at, TimerKey::Conn { key, id: conn.id });
+            self.timers.schedule(at, TimerKey::Conn(handle));
         }
     }
 
@@ -43,12 +64,12 @@ impl Relay {
         let any = !fired.is_empty();
         for key in fired.drain(..) {
             match key {
-                TimerKey::Conn { key, id } => self.on_conn_timer(key, id, now),
+                TimerKey::Conn(handle) => self.on_conn_timer(handle, now),
                 TimerKey::Grace {
                     server_id,
                     generation,
-                } => self.on_grace_expired(server_id, generation),
-                TimerKey::Drain => self.on_drain_deadline(),
+                } => self.grace_expired(&server_id, generation),
+                TimerKey::Drain => self.drop_all_for_shutdown(),
                 TimerKey::Sweep => {
                     self.limits.sweep(now);
                     self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
@@ -60,8 +81,8 @@ impl Relay {
         any
     }
 
-    fn on_conn_timer(&mut self, key: ConnKey, id: u64, now: Instant) {
-        let Some(conn) = self.live_conn(key, id) else {
+    fn on_conn_timer(&mut self, handle: Handle, now: Instant) {
+        let Some(conn) = self.conns.get_mut(handle) else {
             return;
         };
         if conn.armed.is_some_and(|armed| armed > now) {
@@ -72,64 +93,67 @@ impl Relay {
             // Writability is edge-triggered and only reported once much of
             // the send buffer is free: a peer that reads slowly may have
             // made room without an event. Try once before calling it stalled.
-            self.flush(key);
+            self.flush(handle);
         }
-        if self.live_conn(key, id).is_none()
-            || self.fire_endings(key, now)
-            || self.fire_probe(key, now)
-            || self.fire_silence(key, now)
+        if !self.conns.contains(handle)
+            || self.fire_endings(handle, now)
+            || self.fire_probe(handle, now)
+            || self.fire_silence(handle, now)
         {
             return;
         }
-        self.fire_ping(key, now);
-        self.arm(key);
+        self.fire_ping(handle, now);
+        self.arm(handle);
     }
 
     /// The deadlines that end a connection outright: handshake (408),
     /// close handshake, output stall. Returns whether one fired.
-    fn fire_endings(&mut self, key: ConnKey, now: Instant) -> bool {
-        let conn = &self.conns[key];
+    fn fire_endings(&mut self, handle: Handle, now: Instant) -> bool {
+        let Some(conn) = self.conns.get(handle) else {
+            return true;
+        };
         let d = &conn.deadlines;
         if due(d.handshake, now) {
             debug!("handshake_timeout remote={}", conn.remote);
-            self.respond(key, 408, "", "");
+            self.respond(handle, 408, "", "");
             return true;
         }
         if due(d.close, now) || due(d.stall, now) {
-            let stalled = due(d.stall, now);
             debug!(
-                "connection_abandoned remote={} stalled={stalled}",
-                conn.remote
+                "connection_abandoned remote={} stalled={}",
+                conn.remote,
+                due(d.stall, now)
             );
-            self.drop_conn(key, Ending::Vanished);
+            self.vanish(handle);
             return true;
         }
         false
     }
 
     /// The conflict probe went unanswered: the challenger takes over.
-    fn fire_probe(&mut self, key: ConnKey, now: Instant) -> bool {
-        let conn = &mut self.conns[key];
+    fn fire_probe(&mut self, handle: Handle, now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return true;
+        };
         if !due(conn.deadlines.probe, now) {
             return false;
         }
         conn.deadlines.probe = None;
-        if let Some(Peer::Challenger(server_id)) = conn.peer() {
-            let server_id = server_id.clone();
-            self.take_over(key, server_id);
-        }
-        self.arm(key);
+        self.probe_expired(handle);
+        self.arm(handle);
         true
     }
 
     /// No pong in time (1011), or a message begun and not finished (1008).
     /// A connection the relay is not reading is given more time instead.
     /// Returns whether the connection was closed.
-    fn fire_silence(&mut self, key: ConnKey, now: Instant) -> bool {
-        let paused = !self.may_read(key);
+    fn fire_silence(&mut self, handle: Handle, now: Instant) -> bool {
+        let paused = !self.may_read(handle);
         let (pong_timeout, message_timeout) =
             (self.config.pong_timeout, self.config.message_timeout);
-        let conn = &mut self.conns[key];
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return true;
+        };
         let d = &mut conn.deadlines;
         let (pong_due, message_due) = (due(d.pong, now), due(d.message, now));
         if paused {
@@ -141,25 +165,28 @@ impl Relay {
             }
             return false;
         }
-        let (code, reason) = match (pong_due, message_due) {
-            (true, _) => (close::INTERNAL, "heartbeat timeout"),
-            (false, true) => (close::POLICY, "message timeout"),
+        let why = match (pong_due, message_due) {
+            (true, _) => Close::Heartbeat,
+            (false, true) => Close::MessageTimeout,
             (false, false) => return false,
         };
+        let (code, reason) = why.frame();
         info!(
             "{} remote={} code={code}",
             reason.replace(' ', "_"),
             conn.remote
         );
-        self.close_ws(key, code, reason, Ending::Relay(code));
+        self.close(handle, why);
         true
     }
 
     /// Sends the periodic ping and starts waiting for its pong.
-    fn fire_ping(&mut self, key: ConnKey, now: Instant) {
+    fn fire_ping(&mut self, handle: Handle, now: Instant) {
         let ping_interval = self.config.ping_interval;
         let pong_timeout = self.config.pong_timeout;
-        let conn = &mut self.conns[key];
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
         let d = &mut conn.deadlines;
         if !due(d.next_ping, now) {
             return;
@@ -168,36 +195,10 @@ impl Relay {
         if d.pong.is_none() {
             d.pong = Some(now + pong_timeout);
         }
-        if matches!(conn.phase, Phase::Open(_)) {
-            ws::write_frame(self.queue(key), FrameKind::Ping, b"");
-        }
-    }
-
-    /// Starts the message deadline when a frame or fragmented message is
-    /// left incomplete, and clears it when nothing is in progress.
-    pub(super) fn track_message_deadline(&mut self, key: ConnKey, id: u64) {
-        let now = self.clock.now();
-        let message_timeout = self.config.message_timeout;
-        let Some(conn) = self.live_conn(key, id) else {
-            return;
-        };
-        let in_progress = conn.inbuf.is_some() || conn.assembler.is_open();
-        if !in_progress || !matches!(conn.phase, Phase::Open(_)) {
-            conn.deadlines.message = None;
-            return;
-        }
-        if conn.deadlines.message.is_none() {
-            conn.deadlines.message = Some(now + message_timeout);
-            self.arm(key);
-        }
-    }
-
-    /// The shutdown drain is over: whatever is left is dropped.
-    fn on_drain_deadline(&mut self) {
-        let keys: Vec<ConnKey> = self.conns.iter().map(|(key, _)| key).collect();
-        info!("shutdown_drain_expired connections={}", keys.len());
-        for key in keys {
-            self.drop_conn(key, Ending::Shutdown);
+        if conn.peer().is_some() {
+            if let Some(out) = self.conns.queue(handle) {
+                ws::write_frame(out, FrameKind::Ping, b"");
+            }
         }
     }
 }

@@ -1,35 +1,38 @@
 //! The HTTP phase of a connection (SPEC §2): once the request head is
 //! complete, answer `/healthz`, `/metrics` or 404, or run the upgrade
 //! checks in SPEC order (rate limit 429, capacity 503, header gate 400,
-//! WebSocket headers 400/426) and switch to WebSocket. Refusals decided
-//! after the 101 (no server 4404, conflict 4409, phone cap 4429) are
-//! WebSocket closes.
+//! WebSocket headers 400/426) and switch to WebSocket. What a binary's
+//! claim leads to is the slot's business (`slot.rs`); a phone joins here.
+//! Refusals decided after the 101 are WebSocket closes.
 
 use std::net::IpAddr;
 use std::rc::Rc;
 
 use log::{debug, info, warn};
 
-use super::conn::{Origin, Peer, Phase};
+use super::conns::Handle;
+use super::lifecycle::{Close, Origin, Peer};
 use super::Relay;
 use crate::http::{self, Refusal, Request, Route};
 use crate::metrics::{RegisterFailure, UpgradeOutcome};
-use crate::registry::{Claim, ConnKey, Join};
-use crate::ws::{self, close};
+use crate::registry::Join;
+use crate::ws::{Reader, Role};
 
 impl Relay {
     /// Acts on a complete request head of `head_len` bytes.
-    pub(super) fn on_request(&mut self, key: ConnKey, head_len: usize, request: Request) {
+    pub(super) fn on_request(&mut self, handle: Handle, head_len: usize, request: Request) {
         let route = request.route.unwrap_or(Route::NotFound);
-        let origin = self.conns[key].origin;
+        let Some(origin) = self.conns.get(handle).map(|conn| conn.origin) else {
+            return;
+        };
         match (origin, route) {
-            (Origin::Metrics, Route::Metrics) => self.answer_metrics(key),
-            (Origin::Public, Route::Healthz) => self.answer_healthz(key),
+            (Origin::Metrics, Route::Metrics) => self.answer_metrics(handle),
+            (Origin::Public, Route::Healthz) => self.answer_healthz(handle),
             (Origin::Public, Route::Server | Route::Client) => {
-                self.upgrade(key, route, head_len, &request)
+                self.upgrade(handle, route, head_len, &request)
             }
             _ => self.respond(
-                key,
+                handle,
                 404,
                 "Content-Type: text/plain; charset=utf-8\r\n",
                 "404 page not found\n",
@@ -37,39 +40,50 @@ impl Relay {
         }
     }
 
-    fn answer_healthz(&mut self, key: ConnKey) {
-        let health = http::Health {
-            version: &self.config.version,
-            connected_binaries: self.binaries,
-            connected_phones: self.phones,
-            uptime_seconds: self.clock.now().duration_since(self.started).as_secs(),
-        };
-        let mut body = Vec::new();
-        http::write_healthz(&mut body, &health);
-        self.queue(key).extend_from_slice(&body);
-        self.finish_http(key);
+    /// Queues a complete HTTP response and ends the connection after it.
+    pub(super) fn respond(&mut self, handle: Handle, status: u16, headers: &str, body: &str) {
+        if let Some(out) = self.conns.queue(handle) {
+            http::write_response(out, status, headers, body);
+        }
+        self.finish_http(handle);
     }
 
-    fn answer_metrics(&mut self, key: ConnKey) {
+    fn answer_healthz(&mut self, handle: Handle) {
+        let health = http::Health {
+            version: &self.config.version,
+            connected_binaries: self.counts.binaries,
+            connected_phones: self.counts.phones,
+            uptime_seconds: self.clock.now().duration_since(self.started).as_secs(),
+        };
+        if let Some(out) = self.conns.queue(handle) {
+            http::write_healthz(out, &health);
+        }
+        self.finish_http(handle);
+    }
+
+    fn answer_metrics(&mut self, handle: Handle) {
         let text = self.metrics_text();
         self.respond(
-            key,
+            handle,
             200,
             "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
             &text,
         );
     }
 
-    fn upgrade(&mut self, key: ConnKey, route: Route, head_len: usize, request: &Request) {
+    fn upgrade(&mut self, handle: Handle, route: Route, head_len: usize, request: &Request) {
         let is_server = route == Route::Server;
-        let conn = &mut self.conns[key];
+        let trust_forwarded = self.config.trust_x_forwarded_for;
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
         let ip = match request.forwarded_for {
-            Some(forwarded) if self.config.trust_x_forwarded_for => forwarded,
+            Some(forwarded) if trust_forwarded => forwarded,
             _ => conn.remote.ip(),
         };
         conn.client_ip = ip;
         if let Some(refusal) = self.admission(ip) {
-            return self.refuse_http(key, route, refusal);
+            return self.refuse_http(handle, route, refusal);
         }
         let upgrade = match http::check_upgrade(route, request) {
             Ok(upgrade) => upgrade,
@@ -83,20 +97,22 @@ impl Relay {
                 self.metrics
                     .upgrade(is_server, UpgradeOutcome::RejectHeaders);
                 return match refusal {
-                    Refusal::Version => self.respond(key, 426, "Sec-WebSocket-Version: 13\r\n", ""),
-                    Refusal::Headers | Refusal::BadUpgrade => self.respond(key, 400, "", ""),
+                    Refusal::Version => {
+                        self.respond(handle, 426, "Sec-WebSocket-Version: 13\r\n", "")
+                    }
+                    Refusal::Headers | Refusal::BadUpgrade => self.respond(handle, 400, "", ""),
                 };
             }
         };
-        self.switch_protocols(key, head_len, &upgrade.accept_key);
+        self.switch_protocols(handle, head_len, &upgrade.accept_key);
         let server_id = self.registry.intern(&upgrade.server_id);
         if is_server {
-            self.admit_binary(key, server_id);
+            self.claim(handle, server_id);
         } else {
-            self.admit_phone(key, server_id);
+            self.join(handle, server_id);
         }
-        self.resume.push(key);
-        self.arm(key);
+        self.conns.resume(handle);
+        self.arm(handle);
     }
 
     /// Steps 1 and 2 of the SPEC order: per-IP rate and count, then the
@@ -109,13 +125,13 @@ impl Relay {
         if self.limits.live(ip) >= self.config.max_connections_per_ip {
             return Some(Admission::TooManyFromIp);
         }
-        if self.live >= self.config.max_connections {
+        if self.counts.live >= self.config.max_connections {
             return Some(Admission::AtCapacity);
         }
         None
     }
 
-    fn refuse_http(&mut self, key: ConnKey, route: Route, refusal: Admission) {
+    fn refuse_http(&mut self, handle: Handle, route: Route, refusal: Admission) {
         let is_server = route == Route::Server;
         let (status, reason, outcome) = match refusal {
             Admission::RateLimited => (429, "rate_limit", UpgradeOutcome::RejectRateLimit),
@@ -128,125 +144,72 @@ impl Relay {
         if status == 429 {
             self.metrics.register_failure(RegisterFailure::RateLimit);
         }
-        let conn = &self.conns[key];
-        warn!(
-            "upgrade_refused endpoint={} status={status} reason={reason} remote={}",
-            route.endpoint(),
-            conn.client_ip
-        );
-        self.respond(key, status, "", "");
+        if let Some(conn) = self.conns.get(handle) {
+            warn!(
+                "upgrade_refused endpoint={} status={status} reason={reason} remote={}",
+                route.endpoint(),
+                conn.client_ip
+            );
+        }
+        self.respond(handle, status, "", "");
     }
 
-    /// Sends the 101 and keeps any bytes that followed the head.
-    fn switch_protocols(&mut self, key: ConnKey, head_len: usize, accept_key: &str) {
+    /// Sends the 101; bytes that followed the head become the first bytes
+    /// the WebSocket reader decodes. From here the connection counts
+    /// against the caps.
+    fn switch_protocols(&mut self, handle: Handle, head_len: usize, accept_key: &str) {
         let now = self.clock.now();
-        let ping_interval = self.config.ping_interval;
-        let conn = &mut self.conns[key];
+        let ping_at = now + self.config.ping_interval;
+        let Some((conn, pool)) = self.conns.with_pool(handle) else {
+            return;
+        };
         conn.counted = true;
         conn.deadlines.handshake = None;
-        conn.deadlines.next_ping = Some(now + ping_interval);
-        if let Some(mut inbuf) = conn.inbuf.take() {
-            inbuf.drain(..head_len);
-            if inbuf.is_empty() {
-                self.pool.put(inbuf);
+        conn.deadlines.next_ping = Some(ping_at);
+        if let Some(mut head) = conn.head_mut().and_then(Option::take) {
+            head.drain(..head_len);
+            if head.is_empty() {
+                pool.put(head);
             } else {
-                conn.inbuf = Some(inbuf);
+                conn.reader = Reader::with_pending(Role::Server, head);
             }
         }
         let ip = conn.client_ip;
-        self.live += 1;
+        self.counts.live += 1;
         self.limits.connection_opened(ip, now);
-        http::write_switching_protocols(self.queue(key), accept_key);
-    }
-
-    fn admit_binary(&mut self, key: ConnKey, server_id: Rc<str>) {
-        let remote = self.conns[key].remote;
-        match self.registry.claim(&server_id, key) {
-            Claim::Fresh => {
-                info!("server_claimed server_id={server_id} remote={remote}");
-                self.become_binary(key, server_id);
-            }
-            Claim::Reclaimed { phones } => {
-                info!(
-                    "server_reclaimed server_id={server_id} remote={remote} phones_closed={}",
-                    phones.len()
-                );
-                self.become_binary(key, server_id);
-                self.close_phones(&phones, "binary reclaimed server-id");
-            }
-            Claim::Probe { holder } => {
-                info!("server_conflict server_id={server_id} remote={remote} probing=holder");
-                let deadline = self.clock.now() + self.config.conflict_probe_timeout;
-                let conn = &mut self.conns[key];
-                conn.phase = Phase::Open(Peer::Challenger(server_id));
-                conn.deadlines.probe = Some(deadline);
-                ws::write_frame(self.queue(holder), ws::FrameKind::Ping, b"conflict-probe");
-            }
-            Claim::Busy => {
-                info!("server_conflict server_id={server_id} remote={remote} outcome=refused reason=probe_running");
-                self.refuse_conflict(key, true);
-            }
+        if let Some(out) = self.conns.queue(handle) {
+            http::write_switching_protocols(out, accept_key);
         }
     }
 
-    /// Makes `key` the binary of `server_id` and counts it.
-    pub(super) fn become_binary(&mut self, key: ConnKey, server_id: Rc<str>) {
-        let conn = &mut self.conns[key];
-        conn.phase = Phase::Open(Peer::Binary(server_id));
-        conn.deadlines.probe = None;
-        self.binaries += 1;
-        self.metrics.upgrade(true, UpgradeOutcome::Accept);
-    }
-
-    /// Closes a losing claimant 4409 "server-id already claimed".
-    pub(super) fn refuse_conflict(&mut self, key: ConnKey, before_open: bool) {
-        self.metrics.upgrade(true, UpgradeOutcome::Reject409);
-        self.metrics.register_failure(RegisterFailure::ServerInUse);
-        if before_open {
-            self.refuse_ws(key, close::CONFLICT, "server-id already claimed");
-        } else {
-            self.close_ws(
-                key,
-                close::CONFLICT,
-                "server-id already claimed",
-                super::routing::Ending::Displaced,
-            );
-        }
-    }
-
-    fn admit_phone(&mut self, key: ConnKey, server_id: Rc<str>) {
-        let remote = self.conns[key].remote;
-        match self
-            .registry
-            .join(&server_id, key, self.config.max_phones_per_server)
-        {
+    /// A phone's upgrade completed: it joins its server-id, or is refused
+    /// 4404 (nobody holds it) or 4429 (too many phones).
+    fn join(&mut self, handle: Handle, server_id: Rc<str>) {
+        let Some(remote) = self.conns.get(handle).map(|conn| conn.remote) else {
+            return;
+        };
+        let cap = self.config.max_phones_per_server;
+        match self.registry.join(&server_id, handle, cap) {
             Join::Joined => {
                 let conn_id: Rc<str> = Rc::from(new_conn_id(&server_id));
                 info!("phone_connected server_id={server_id} conn_id={conn_id} remote={remote}");
-                self.registry.add_conn_id(conn_id.clone(), key);
-                self.conns[key].phase = Phase::Open(Peer::Phone { server_id, conn_id });
-                self.phones += 1;
+                self.registry.add_conn_id(conn_id.clone(), handle);
+                self.open(handle, Peer::Phone { server_id, conn_id });
                 self.metrics.upgrade(false, UpgradeOutcome::Accept);
             }
             Join::NoServer => {
                 info!("phone_refused server_id={server_id} remote={remote} code=4404 reason=no_server");
                 self.metrics.upgrade(false, UpgradeOutcome::Reject404);
                 self.metrics.register_failure(RegisterFailure::NoServer);
-                self.refuse_ws(key, close::NOT_FOUND, "no server with that id");
+                self.close(handle, Close::NoServer);
             }
             Join::Full => {
                 info!("phone_refused server_id={server_id} remote={remote} code=4429 reason=phones_at_cap");
                 self.metrics.upgrade(false, UpgradeOutcome::Reject429);
                 self.metrics.register_failure(RegisterFailure::PhonesAtCap);
-                self.refuse_ws(key, close::TOO_MANY, "too many phones for server-id");
+                self.close(handle, Close::PhonesAtCap);
             }
         }
-    }
-
-    /// Closes a just-upgraded connection that never became a peer.
-    fn refuse_ws(&mut self, key: ConnKey, code: u16, reason: &str) {
-        ws::write_close(self.queue(key), Some(code), reason);
-        self.enter_closing(key);
     }
 }
 
@@ -260,6 +223,7 @@ enum Admission {
 
 /// `client-<server-id>-<32 lowercase hex>`, 128 bits from the OS CSPRNG.
 fn new_conn_id(server_id: &str) -> String {
+    use std::fmt::Write;
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).expect("the OS random number generator failed");
     let mut id = String::with_capacity(7 + server_id.len() + 1 + 32);
@@ -267,7 +231,7 @@ fn new_conn_id(server_id: &str) -> String {
     id.push_str(server_id);
     id.push('-');
     for byte in nonce {
-        id.push_str(&format!("{byte:02x}"));
+        let _ = write!(id, "{byte:02x}");
     }
     id
 }

@@ -15,6 +15,10 @@ use std::time::Duration;
 #[path = "../support/stream.rs"]
 pub mod stream;
 
+use std::collections::VecDeque;
+
+use pyrycode_relay::buffer::Unpooled;
+use pyrycode_relay::ws::{OwnedEvent, Reader, Role};
 use pyrycode_relay::{Config, ManualClock, Relay, Stats};
 
 /// How many relay turns a client waits for something before failing.
@@ -103,6 +107,7 @@ impl Harness {
         let client = Client {
             stream,
             buf: Vec::new(),
+            frames: ServerFrames::default(),
             eof: false,
         };
         self.settle();
@@ -202,6 +207,7 @@ pub enum Msg {
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    frames: ServerFrames,
     eof: bool,
 }
 
@@ -435,7 +441,7 @@ impl Client {
     }
 
     fn parse_frame(&mut self) -> Option<Msg> {
-        take_server_frame(&mut self.buf)
+        self.frames.take(&mut self.buf)
     }
 }
 
@@ -458,43 +464,40 @@ impl Drop for Client {
     }
 }
 
-/// Takes the first complete frame the relay sent off `buf`, checking it
-/// is unmasked, final and without reserved bits; `None` until complete.
-pub fn take_server_frame(buf: &mut Vec<u8>) -> Option<Msg> {
-    if buf.len() < 2 {
-        return None;
-    }
-    assert_eq!(buf[1] & 0x80, 0, "the relay must not mask its frames");
-    assert_eq!(buf[0] & 0x70, 0, "the relay must not set reserved bits");
-    assert_ne!(buf[0] & 0x80, 0, "the relay must send final frames");
-    let (len, header) = match buf[1] & 0x7F {
-        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (
-            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-            10,
-        ),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    if buf.len() < header + len {
-        return None;
-    }
-    let opcode = buf[0] & 0x0F;
-    let payload = buf[header..header + len].to_vec();
-    buf.drain(..header + len);
-    Some(match opcode {
-        0x1 => Msg::Text(payload),
-        0x2 => Msg::Binary(payload),
-        0x8 => {
-            let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            let reason = String::from_utf8(payload.get(2..).unwrap_or_default().to_vec())
-                .expect("reason is UTF-8");
-            Msg::Close(code, reason)
+/// Decodes what the relay sends with the library's WebSocket reader (in
+/// the client role: the relay's frames must be unmasked and well-formed).
+#[derive(Default)]
+pub struct ServerFrames {
+    reader: Option<Reader>,
+    decoded: VecDeque<Msg>,
+}
+
+impl ServerFrames {
+    /// The next frame the relay sent: `buf` (bytes read from the socket)
+    /// is emptied into the reader first.
+    pub fn take(&mut self, buf: &mut Vec<u8>) -> Option<Msg> {
+        if !buf.is_empty() {
+            let reader = self.reader.get_or_insert_with(|| Reader::new(Role::Client));
+            for event in reader.read_all(buf, usize::MAX, &mut Unpooled) {
+                self.decoded.push_back(match event {
+                    OwnedEvent::Message {
+                        text: true,
+                        payload,
+                    } => Msg::Text(payload),
+                    OwnedEvent::Message {
+                        text: false,
+                        payload,
+                    } => Msg::Binary(payload),
+                    OwnedEvent::Ping(payload) => Msg::Ping(payload),
+                    OwnedEvent::Pong(payload) => Msg::Pong(payload),
+                    OwnedEvent::Close { code, reason } => Msg::Close(code, reason),
+                    OwnedEvent::Error(error) => panic!("the relay sent a bad frame: {error:?}"),
+                });
+            }
+            buf.clear();
         }
-        0x9 => Msg::Ping(payload),
-        0xA => Msg::Pong(payload),
-        other => panic!("unexpected opcode {other}"),
-    })
+        self.decoded.pop_front()
+    }
 }
 
 /// A client frame: masked with a fixed key.

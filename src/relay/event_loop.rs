@@ -1,0 +1,231 @@
+//! The turn of the loop: poll, dispatch each readiness event, read what
+//! was resumed, fire due timers, flush once. Also accepting connections
+//! (with a back-off when out of descriptors), signals and the start of a
+//! graceful shutdown.
+//!
+//! ```text
+//! Relay::turn
+//!  1. poll(timeout = next deadline | 0 with the manual clock)
+//!  2. for each event:  listener → accept until WouldBlock (or back off)
+//!                      signal   → shutdown
+//!                      socket   → flush if writable; read if readable
+//!  3. read every connection on the resume list
+//!  4. fire the due timers
+//!  5. flush every connection that got output this turn, once
+//! ```
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::{info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::deadlines::TimerKey;
+use super::lifecycle::{Conn, Origin};
+use super::Relay;
+use crate::transport::Transport;
+
+/// Tokens of the sockets that are not connections (connection tokens stay
+/// below `usize::MAX - 16`, see `conns.rs`).
+pub(super) const LISTENER: Token = Token(usize::MAX);
+pub(super) const METRICS_LISTENER: Token = Token(usize::MAX - 1);
+pub(super) const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// How long accepting pauses after `accept` failed (EMFILE, ENFILE, ...).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One readiness event, copied out of `Events` so handling it may borrow
+/// the relay mutably.
+#[derive(Clone, Copy)]
+pub(super) struct Readiness {
+    token: Token,
+    readable: bool,
+    writable: bool,
+    /// The peer closed its side, or the socket has an error.
+    closed: bool,
+}
+
+impl Relay {
+    /// One turn of the loop. `timeout` overrides how long `poll` may wait;
+    /// `None` waits until the next deadline (real clock) or not at all
+    /// (manual clock). Returns whether anything happened.
+    pub fn turn(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
+        let timeout = timeout.or_else(|| self.poll_timeout());
+        if let Err(err) = self.poll.poll(&mut self.events, timeout) {
+            if err.kind() == ErrorKind::Interrupted {
+                return Ok(true);
+            }
+            return Err(err);
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|event| {
+            let closed = event.is_read_closed() || event.is_error();
+            Readiness {
+                token: event.token(),
+                readable: event.is_readable() || closed,
+                writable: event.is_writable(),
+                closed,
+            }
+        }));
+        let mut busy = !ready.is_empty() || self.conns.has_resume();
+        for &readiness in &ready {
+            self.dispatch(readiness);
+        }
+        self.ready = ready;
+        for handle in self.conns.take_resume() {
+            self.pump(handle);
+        }
+        busy |= self.fire_timers();
+        self.flush_dirty();
+        Ok(busy)
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.conns.has_resume() || !self.clock.is_real() {
+            return Some(Duration::ZERO);
+        }
+        let next = self.timers.next_deadline()?;
+        let wait = next.saturating_duration_since(self.clock.now());
+        Some(wait + Duration::from_millis(1))
+    }
+
+    fn dispatch(&mut self, event: Readiness) {
+        match event.token {
+            LISTENER => self.accept(Origin::Public),
+            METRICS_LISTENER => self.accept(Origin::Metrics),
+            SIGNALS => self.on_signal(),
+            token => {
+                let Some(handle) = self.conns.by_token(token) else {
+                    return; // a connection dropped earlier in this turn
+                };
+                if event.writable {
+                    self.flush(handle);
+                }
+                if event.readable {
+                    // Without a FIN or error in this event, a short read
+                    // means the socket is drained: edge-triggered epoll
+                    // reports the next bytes as a new event, so the
+                    // `recv` that would only say EAGAIN is skipped.
+                    self.pump_until(handle, !event.closed);
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let received = self
+            .signals
+            .as_mut()
+            .is_some_and(|signals| signals.pending().next().is_some());
+        if received {
+            self.shutdown();
+        }
+    }
+
+    fn accept(&mut self, origin: Origin) {
+        if self.accept_paused {
+            return;
+        }
+        loop {
+            let listener = match origin {
+                Origin::Public => self.listener.as_ref(),
+                Origin::Metrics => self.metrics_listener.as_ref(),
+            };
+            let Some(listener) = listener else { return };
+            match listener.accept() {
+                Ok((stream, remote)) => self.admit(stream, remote, origin),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(err) => return self.pause_accepting(&err),
+            }
+        }
+    }
+
+    /// `accept` failed for a reason that will not go away at once (out of
+    /// file descriptors: EMFILE, ENFILE; or out of kernel memory): stop
+    /// accepting for [`ACCEPT_BACKOFF`] instead of retrying on every
+    /// listener event. Pending connections wait in the kernel's backlog.
+    fn pause_accepting(&mut self, err: &std::io::Error) {
+        self.accept_paused = true;
+        self.accept_pauses += 1;
+        if self.accept_pauses == 1 {
+            warn!(
+                "accept_paused error={err} backoff_ms={} connections={}",
+                ACCEPT_BACKOFF.as_millis(),
+                self.conns.len()
+            );
+        }
+        let at = self.clock.now() + ACCEPT_BACKOFF;
+        self.timers.schedule(at, TimerKey::AcceptBackoff);
+    }
+
+    /// The back-off is over: accept whatever waits in the backlog.
+    pub(super) fn resume_accepting(&mut self) {
+        self.accept_paused = false;
+        self.accept(Origin::Public);
+        self.accept(Origin::Metrics);
+        if !self.accept_paused && self.accept_pauses > 0 {
+            info!(
+                "accept_resumed pauses={} connections={}",
+                self.accept_pauses,
+                self.conns.len()
+            );
+            self.accept_pauses = 0;
+        }
+    }
+
+    /// A new connection: a table entry, `READABLE` interest, and the
+    /// handshake deadline.
+    fn admit(&mut self, stream: TcpStream, remote: SocketAddr, origin: Origin) {
+        let _ = stream.set_nodelay(true);
+        let handshake = self.clock.now() + self.config.handshake_timeout;
+        let transport = Transport::Plain(stream);
+        let Some(handle) = self
+            .conns
+            .insert(|handle| Conn::accepted(handle.id(), transport, origin, remote, handshake))
+        else {
+            warn!("accept_refused remote={remote} reason=table_full");
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        if let Err(err) =
+            self.poll
+                .registry()
+                .register(&mut conn.transport, handle.token(), Interest::READABLE)
+        {
+            warn!("register_failed remote={remote} error={err}");
+            self.conns.remove(handle);
+            return;
+        }
+        self.arm(handle);
+    }
+
+    /// Begins a graceful shutdown (SPEC §9): stop accepting, close every
+    /// WebSocket 1001 "shutting down" after what is queued, and wait for
+    /// the close handshakes until the drain deadline.
+    pub fn shutdown(&mut self) {
+        if self.drain_until.is_some() {
+            return;
+        }
+        info!("shutdown_started connections={}", self.conns.len());
+        for mut listener in [self.listener.take(), self.metrics_listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let until = self.clock.now() + self.config.drain_timeout;
+        self.drain_until = Some(until);
+        self.timers.schedule(until, TimerKey::Drain);
+        self.close_all_for_shutdown();
+    }
+}

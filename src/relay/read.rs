@@ -1,0 +1,254 @@
+//! Reading a connection: its socket into the one shared scratch buffer,
+//! then, by phase, the bytes to the request-head parser (the HTTP phase),
+//! through the connection's WebSocket [`Reader`] to whoever handles each
+//! event (SPEC §5, §6), or into the void (a draining connection).
+//!
+//! Sockets are edge-triggered: a connection is read until `WouldBlock`,
+//! until a short read when the readiness event carried no FIN or error,
+//! until a budget of [`READS_PER_EVENT`] reads (then it goes on the
+//! resume list, so one busy peer cannot starve the others), or until it
+//! may no longer be read ([`Relay::may_read`]: backpressure). Decoding
+//! stops at the first event after which the connection may no longer be
+//! read; the rest waits in its reader.
+
+use std::io::{ErrorKind, Read};
+
+use log::debug;
+
+use super::conns::Handle;
+use super::lifecycle::{Conn, Peer, Phase};
+use super::Relay;
+use crate::config::READ_CHUNK;
+use crate::http::{self, Head};
+use crate::ws::{self, Event, FrameKind, Reader, Role};
+
+/// Reads one readiness event may do before other connections get a turn.
+const READS_PER_EVENT: usize = 16;
+
+/// What one read from a socket gave.
+enum ReadOutcome {
+    Data(usize),
+    WouldBlock,
+    Closed,
+}
+
+impl Relay {
+    /// Reads whatever `handle` has to offer, as its phase allows.
+    pub(super) fn pump(&mut self, handle: Handle) {
+        self.pump_until(handle, false);
+    }
+
+    /// Like [`Relay::pump`]; with `short_read_drains`, an open WebSocket
+    /// stops reading at the first read that did not fill the buffer.
+    pub(super) fn pump_until(&mut self, handle: Handle, short_read_drains: bool) {
+        match self.conns.get(handle).map(Conn::phase) {
+            Some(Phase::Head(_)) => self.read_head(handle),
+            Some(Phase::Draining { .. }) => self.read_and_discard(handle),
+            Some(Phase::Open(_) | Phase::Closing) => self.read_frames(handle, short_read_drains),
+            None => {}
+        }
+    }
+
+    /// Whether the relay reads from `handle` now. Phones are not read
+    /// while their binary is backpressured; a challenger is not read while
+    /// its claim is being decided; no connection is read while its own
+    /// output queue is over [`crate::Config::output_read_limit`] (a peer
+    /// that pings without reading its pongs).
+    pub(super) fn may_read(&self, handle: Handle) -> bool {
+        let Some(conn) = self.conns.get(handle) else {
+            return false;
+        };
+        if conn.pending_output() > self.config.output_read_limit() {
+            return false;
+        }
+        match conn.peer() {
+            Some(Peer::Phone { server_id, .. }) => self.registry.phones_may_send(server_id),
+            Some(Peer::Challenger(_)) => false,
+            _ => true,
+        }
+    }
+
+    fn read_socket(&mut self, handle: Handle) -> ReadOutcome {
+        debug_assert_eq!(self.scratch.len(), READ_CHUNK);
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return ReadOutcome::Closed;
+        };
+        loop {
+            return match conn.transport.read(&mut self.scratch) {
+                Ok(0) => ReadOutcome::Closed,
+                Ok(n) => ReadOutcome::Data(n),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    debug!("read_failed remote={} error={err}", conn.remote);
+                    ReadOutcome::Closed
+                }
+            };
+        }
+    }
+
+    /// The HTTP phase: bytes accumulate until the request head is
+    /// complete (431 past the head limit, 400 if it is not HTTP).
+    fn read_head(&mut self, handle: Handle) {
+        loop {
+            let n = match self.read_socket(handle) {
+                ReadOutcome::Data(n) => n,
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Closed => return self.vanish(handle),
+            };
+            let Some((conn, pool)) = self.conns.with_pool(handle) else {
+                return;
+            };
+            let Some(head) = conn.head_mut() else {
+                return;
+            };
+            let head = head.get_or_insert_with(|| pool.get());
+            head.extend_from_slice(&self.scratch[..n]);
+            match http::parse_head(head, self.config.max_header_size) {
+                Head::Partial => continue,
+                Head::TooLarge => return self.respond(handle, 431, "", ""),
+                Head::Malformed => return self.respond(handle, 400, "", ""),
+                Head::Complete { len, request } => return self.on_request(handle, len, request),
+            }
+        }
+    }
+
+    fn read_frames(&mut self, handle: Handle, short_read_drains: bool) {
+        if self
+            .conns
+            .get(handle)
+            .is_some_and(|conn| conn.reader.has_pending())
+            && self.may_read(handle)
+        {
+            self.decode(handle, 0);
+        }
+        for _ in 0..READS_PER_EVENT {
+            if !self.may_read(handle) {
+                return;
+            }
+            match self.read_socket(handle) {
+                ReadOutcome::Data(n) => {
+                    self.decode(handle, n);
+                    if short_read_drains && n < READ_CHUNK {
+                        return;
+                    }
+                }
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Closed => return self.vanish(handle),
+            }
+        }
+        self.conns.resume(handle);
+    }
+
+    /// Runs the first `n` scratch bytes (after whatever the reader kept
+    /// from before) through the connection's reader, handling each event
+    /// while the connection may still be read.
+    fn decode(&mut self, handle: Handle, n: usize) {
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        // The reader and the scratch buffer leave `self` while events are
+        // handled, so that handling may borrow the whole relay.
+        let mut reader = std::mem::replace(&mut conn.reader, Reader::new(Role::Server));
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut batch = reader.batch(&mut scratch[..n], self.config.max_message_size);
+        while self.may_read(handle) && self.is_decoding(handle) {
+            let Some(event) = batch.next(&mut self.conns.pool) else {
+                break;
+            };
+            self.on_event(handle, event);
+        }
+        batch.finish(&mut self.conns.pool);
+        self.scratch = scratch;
+        match self.conns.get_mut(handle) {
+            Some(conn) => conn.reader = reader,
+            None => reader.release(&mut self.conns.pool),
+        }
+        self.track_message_deadline(handle);
+    }
+
+    /// Whether the connection's frames still matter: an open WebSocket,
+    /// or one waiting for the peer's close.
+    fn is_decoding(&self, handle: Handle) -> bool {
+        self.conns
+            .get(handle)
+            .is_some_and(|conn| matches!(conn.phase(), Phase::Open(_) | Phase::Closing))
+    }
+
+    /// Hands one event to whoever acts on it.
+    fn on_event(&mut self, handle: Handle, event: Event<'_>) {
+        match event {
+            Event::Message { payload, .. } => self.on_message(handle, payload),
+            Event::Ping(payload) => {
+                // Answered while open; a closing connection owes no pong.
+                if self.conns.get(handle).and_then(Conn::peer).is_some() {
+                    if let Some(out) = self.conns.queue(handle) {
+                        ws::write_frame(out, FrameKind::Pong, payload);
+                    }
+                }
+            }
+            Event::Pong(payload) => self.on_pong(handle, payload),
+            Event::Close { code, .. } => self.on_peer_close(handle, code),
+            Event::Error(error) => match self.conns.get(handle).map(Conn::phase) {
+                Some(Phase::Closing) => self.drain(handle),
+                _ => self.fail(handle, error),
+            },
+        }
+    }
+
+    /// A complete message: a phone's goes to its binary, a binary's is an
+    /// envelope. Text or binary opcode alike (SPEC §5.1).
+    fn on_message(&mut self, handle: Handle, payload: &[u8]) {
+        match self.conns.get(handle).and_then(Conn::peer) {
+            Some(Peer::Phone { server_id, conn_id }) => {
+                let (server_id, conn_id) = (server_id.clone(), conn_id.clone());
+                self.forward_from_phone(handle, &server_id, &conn_id, payload);
+            }
+            Some(Peer::Binary(server_id)) => {
+                let server_id = server_id.clone();
+                self.route_from_binary(&server_id, payload);
+            }
+            Some(Peer::Challenger(_)) | None => {}
+        }
+    }
+
+    /// A pong ends the heartbeat's wait; a holder's pong to the conflict
+    /// probe also decides the conflict.
+    fn on_pong(&mut self, handle: Handle, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        conn.deadlines.pong = None;
+        if let Some(Peer::Binary(server_id)) = conn.peer() {
+            let server_id = server_id.clone();
+            self.probe_answered(handle, &server_id, payload);
+        }
+    }
+
+    fn read_and_discard(&mut self, handle: Handle) {
+        loop {
+            match self.read_socket(handle) {
+                ReadOutcome::Data(_) => continue,
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Closed => return self.vanish(handle),
+            }
+        }
+    }
+
+    /// Starts the message deadline when a frame or fragmented message is
+    /// left incomplete, and clears it when nothing is in progress (SPEC
+    /// §6, slow-dribble defence).
+    fn track_message_deadline(&mut self, handle: Handle) {
+        let at = self.clock.now() + self.config.message_timeout;
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        let open = matches!(conn.phase(), Phase::Open(_));
+        if !open || !conn.reader.is_mid_message() {
+            conn.deadlines.message = None;
+        } else if conn.deadlines.message.is_none() {
+            conn.deadlines.message = Some(at);
+            self.arm(handle);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Writing a connection. Output is appended to a connection's queue during
+//! a turn ([`super::conns::Conns::queue`] puts it on the flush list) and
+//! written once, at the end of the turn, until the socket would block.
+//! `WRITABLE` interest is registered only while output is pending; output
+//! that makes no progress for `--write-timeout` ends the connection (SPEC
+//! §6). A flush that drains a binary below low water lifts backpressure
+//! (SPEC §7).
+
+use std::io::{ErrorKind, Write};
+
+use log::{debug, info};
+use mio::Interest;
+
+use super::conns::Handle;
+use super::Relay;
+
+impl Relay {
+    /// Writes every connection that got output this turn, once each.
+    pub(super) fn flush_dirty(&mut self) {
+        while self.conns.has_dirty() {
+            for handle in self.conns.take_dirty() {
+                self.flush(handle);
+            }
+        }
+    }
+
+    /// Writes what `handle` has queued until the socket would block.
+    pub(super) fn flush(&mut self, handle: Handle) {
+        let stall_at = self.clock.now() + self.config.write_timeout;
+        let read_limit = self.config.output_read_limit();
+        let Some((conn, pool)) = self.conns.with_pool(handle) else {
+            return;
+        };
+        conn.dirty = false;
+        let before = conn.pending_output();
+        let mut progressed = false;
+        if let Some(out) = conn.out.as_mut() {
+            while out.pending() > 0 {
+                match conn.transport.write(out.unsent()) {
+                    Ok(0) => return self.vanish(handle),
+                    Ok(n) => {
+                        out.consume(n);
+                        progressed = true;
+                    }
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                    Err(err) => {
+                        debug!("write_failed remote={} error={err}", conn.remote);
+                        return self.vanish(handle);
+                    }
+                }
+            }
+        }
+        let pending = conn.pending_output();
+        if pending == 0 {
+            if let Some(out) = conn.out.take() {
+                pool.put(out.into_buffer());
+            }
+            conn.deadlines.stall = None;
+        } else if progressed || conn.deadlines.stall.is_none() {
+            conn.deadlines.stall = Some(stall_at);
+        }
+        conn.fin_when_flushed();
+        self.set_write_interest(handle, pending > 0);
+        if progressed {
+            self.on_binary_drained(handle, pending);
+            if before > read_limit && pending <= read_limit {
+                self.conns.resume(handle); // not read while over the limit
+            }
+        }
+        self.arm(handle);
+    }
+
+    fn set_write_interest(&mut self, handle: Handle, wanted: bool) {
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        if conn.wants_write == wanted {
+            return;
+        }
+        conn.wants_write = wanted;
+        let interest = if wanted {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if let Err(err) =
+            self.poll
+                .registry()
+                .reregister(&mut conn.transport, handle.token(), interest)
+        {
+            info!("reregister_failed remote={} error={err}", conn.remote);
+        }
+    }
+}
