@@ -9,7 +9,7 @@
 //! caller-given number of bytes. Failures are reduced to a [`Cause`]: a
 //! fixed word, never the library's error text.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::time::Duration;
 
 use ureq::http::Response;
@@ -64,8 +64,14 @@ impl Cause {
             E::Timeout(_) => Cause::Timeout,
             E::HostNotFound | E::ConnectionFailed => Cause::Connect,
             E::Tls(_) | E::Pem(_) | E::Rustls(_) | E::TlsRequired => Cause::Tls,
-            E::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Cause::Timeout,
-            E::Io(_) => Cause::Io,
+            E::Io(io) => match io.kind() {
+                ErrorKind::TimedOut => Cause::Timeout,
+                ErrorKind::ConnectionRefused
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable => Cause::Connect,
+                _ => Cause::Io,
+            },
             E::Protocol(_) | E::LargeResponseHeader(..) => Cause::Protocol,
             _ => Cause::Other,
         }
@@ -80,6 +86,7 @@ pub(crate) fn agent(timeout: Duration) -> Agent {
         .max_redirects(0)
         .http_status_as_error(false)
         .proxy(None)
+        .user_agent(concat!("pyrycode-relay/", env!("CARGO_PKG_VERSION")))
         .build()
         .new_agent()
 }

@@ -32,6 +32,10 @@ impl WakeRequest {
     /// platform the relay sends to; the token must be non-empty and at
     /// most [`MAX_TOKEN_LEN`] bytes. The refusal names the reason only.
     pub fn parse(raw: &[u8]) -> Result<WakeRequest, Refusal> {
+        // serde would also read a struct from an array: insist on an object.
+        if raw.trim_ascii_start().first() != Some(&b'{') {
+            return Err(Refusal::Malformed);
+        }
         let wire: Wire = serde_json::from_slice(raw).map_err(|_| Refusal::Malformed)?;
         if wire.platform.as_deref() != Some("fcm") {
             return Err(Refusal::UnsupportedPlatform);
@@ -52,7 +56,7 @@ impl WakeRequest {
 
 /// The first 8 hex digits of a device token's SHA-256: stable per token,
 /// one-way, and safe to log in its place.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 4]);
 
 impl Fingerprint {
@@ -89,7 +93,7 @@ mod tests {
 
     #[test]
     fn refuses_other_platforms_empty_tokens_and_non_objects() {
-        let cases: [(&[u8], Refusal); 9] = [
+        let cases: [(&[u8], Refusal); 10] = [
             (
                 br#"{"platform":"apns","token":"t"}"#,
                 Refusal::UnsupportedPlatform,
@@ -103,6 +107,7 @@ mod tests {
             (br#"{"platform":"fcm"}"#, Refusal::EmptyToken),
             (br#"{"platform":"fcm","token":7}"#, Refusal::Malformed),
             (br#""fcm""#, Refusal::Malformed),
+            (br#"["fcm","t"]"#, Refusal::Malformed),
             (b"null", Refusal::Malformed),
             (b"{", Refusal::Malformed),
         ];
