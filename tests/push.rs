@@ -544,7 +544,9 @@ fn a_stalled_fcm_call_ends_at_the_http_timeout() {
     let fcm = FakeServer::start(move |_| Reply::Stall(held.clone()));
     let oauth = oauth_server(3600);
     let mut harness = Harness::new(&oauth.url("/token"), &fcm.url(""), |config| {
-        config.http_timeout = Duration::from_millis(100);
+        // Long enough that the token fetch, under any load, is not the
+        // call that times out; short enough not to slow the suite.
+        config.http_timeout = Duration::from_secs(1);
     });
     assert_eq!(harness.wake("srv-1", "devtok-slow"), Admission::Admitted);
     let outcome = harness.outcome();
@@ -893,4 +895,32 @@ fn no_log_line_carries_a_token_a_key_or_an_access_token() {
     for token in tokens {
         assert!(log.contains(&format!("token_fp={}", Fingerprint::of(token))));
     }
+}
+
+#[test]
+fn a_waker_the_loop_already_has_can_be_shared_and_only_one_is_taken() {
+    init_logger();
+    let (oauth, fcm) = (oauth_server(3600), fcm_ok());
+    let key = ServiceAccountKey::from_json(key_json(PRIVATE_KEY, &oauth.url("/token")).as_bytes())
+        .unwrap();
+    let mut push = Push::new(PushConfig::new(key, None, &fcm.url("")).unwrap()).unwrap();
+    let mut poll = Poll::new().unwrap();
+    let shared = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER).unwrap());
+    push.use_waker(shared.clone()).unwrap();
+    let other = Poll::new().unwrap(); // mio allows one waker per poll
+    let again = push.register(other.registry(), Token(8)).unwrap_err();
+    assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+
+    let raw = br#"{"platform":"fcm","token":"devtok-shared"}"#;
+    let now = ManualClock::new().now();
+    assert_eq!(push.request("srv-1", raw, now), Admission::Admitted);
+    let mut events = Events::with_capacity(8);
+    let mut outcomes = Vec::new();
+    while outcomes.is_empty() {
+        poll.poll(&mut events, Some(Duration::from_secs(60)))
+            .unwrap();
+        assert!(!events.is_empty(), "the shared waker never fired");
+        outcomes.extend(push.take_outcomes());
+    }
+    assert_eq!(outcomes[0].label(), "sent");
 }

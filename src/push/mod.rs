@@ -45,9 +45,10 @@ mod wake;
 mod worker;
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mio::{Registry, Token};
+use mio::{Registry, Token, Waker};
 
 pub use admission::{Limits, Refusal};
 pub use config::{PushConfig, PushConfigError, DEFAULT_WORKERS};
@@ -97,6 +98,13 @@ impl Push {
     /// poll whenever outcomes are waiting. Call once, before any request.
     pub fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
         self.pool.register(registry, token)
+    }
+
+    /// Instead of [`Push::register`]: wake the loop through a waker it
+    /// already has (mio allows one `Waker` per poll), and drain
+    /// [`Push::take_outcomes`] whenever that waker's token is readable.
+    pub fn use_waker(&self, waker: Arc<Waker>) -> io::Result<()> {
+        self.pool.use_waker(waker)
     }
 
     /// Asks for a wake from `server_id`'s binary; `push_wake` is the raw

@@ -31,7 +31,7 @@ use super::outcome::{Outcome, WakeResult};
 pub(crate) struct Pool {
     jobs: SyncSender<Job>,
     outcomes: Receiver<Outcome>,
-    waker: Arc<OnceLock<Waker>>,
+    waker: Arc<OnceLock<Arc<Waker>>>,
 }
 
 /// What each worker thread holds.
@@ -39,7 +39,7 @@ struct Worker {
     jobs: Arc<Mutex<Receiver<Job>>>,
     courier: Arc<Courier>,
     outcomes: Sender<Outcome>,
-    waker: Arc<OnceLock<Waker>>,
+    waker: Arc<OnceLock<Arc<Waker>>>,
 }
 
 impl Pool {
@@ -78,16 +78,16 @@ impl Pool {
 
     /// Makes finished outcomes wake `registry`'s poll with `token`.
     pub(crate) fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
-        let waker = Waker::new(registry, token)?;
-        self.waker.set(waker).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "push waker already registered",
-            )
-        })?;
-        // Outcomes that finished before registering would wait for the
-        // next one otherwise.
-        self.waker.get().map_or(Ok(()), Waker::wake)
+        self.use_waker(Arc::new(Waker::new(registry, token)?))
+    }
+
+    /// Makes finished outcomes wake the loop through `waker`, one the
+    /// loop may share with other helpers (mio allows one per poll).
+    pub(crate) fn use_waker(&self, waker: Arc<Waker>) -> io::Result<()> {
+        let already = || io::Error::new(io::ErrorKind::AlreadyExists, "push waker already set");
+        self.waker.set(waker).map_err(|_| already())?;
+        // Outcomes that finished before this would wait for the next one.
+        self.waker.get().map_or(Ok(()), |waker| waker.wake())
     }
 
     /// The next finished outcome, if any, without waiting.
