@@ -13,7 +13,8 @@ use ureq::http::Uri;
 /// The production FCM origin (`--fcm-endpoint` default).
 pub const DEFAULT_FCM_ENDPOINT: &str = "https://fcm.googleapis.com";
 
-/// An absolute URL that passed the rule above, kept without a trailing `/`.
+/// An absolute URL that passed the rule above, kept as given (a token URI
+/// is also the assertion's `aud`, which must match it exactly).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint(String);
 
@@ -51,17 +52,18 @@ impl Endpoint {
             "http" => return Err(EndpointError::PlainHttpNotLoopback),
             _ => return Err(EndpointError::Scheme),
         }
-        Ok(Endpoint(url.trim_end_matches('/').to_owned()))
+        Ok(Endpoint(url.to_owned()))
     }
 
-    /// The URL as given, without a trailing `/`.
+    /// The URL as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// This URL with `path` (starting with `/`) appended.
+    /// This URL without its trailing `/`, with `path` (starting with `/`)
+    /// appended.
     pub fn join(&self, path: &str) -> String {
-        format!("{}{path}", self.0)
+        format!("{}{path}", self.0.trim_end_matches('/'))
     }
 }
 

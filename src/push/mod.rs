@@ -161,3 +161,14 @@ impl Push {
         self.gate.tracked()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The loop may live on any thread it is moved to.
+    #[test]
+    fn push_is_send() {
+        fn send<T: Send>() {}
+        send::<super::Push>();
+        send::<super::Outcome>();
+    }
+}
