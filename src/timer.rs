@@ -4,8 +4,11 @@
 //!
 //! Time is cut into 10 ms ticks; an entry sits in slot `tick % SLOTS` and
 //! fires once the clock has reached its tick. Cancelling is lazy: the owner
-//! of a key checks, when it fires, whether the deadline still stands (each
-//! key carries a generation), so re-arming never searches the wheel.
+//! of a key checks, when it fires, whether the deadline still stands (a
+//! connection's key carries its handle, which finds nothing once the
+//! connection is gone, and compares the instant it was armed for; a grace
+//! window's key carries the window's generation), so re-arming never
+//! searches the wheel.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,5 @@
-//! Deadlines (SPEC §2, §4, §6, §9). Each connection keeps its deadlines in
+//! Deadlines and the heartbeat (SPEC §2, §4, §6, §9): the relay's pings,
+//! the peers' pings and pongs, and every timer. Each connection keeps its deadlines in
 //! its own fields (`lifecycle.rs: Deadlines`) and the wheel holds only the
 //! earliest; when that fires, every deadline that is due is acted on and
 //! the next one is armed. Moving a deadline later costs nothing; only an
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info};
 
 use super::conns::Handle;
-use super::lifecycle::Close;
+use super::lifecycle::{Close, Peer};
 use super::Relay;
 use crate::ws::{self, FrameKind};
 
@@ -178,6 +179,34 @@ impl Relay {
         );
         self.close(handle, why);
         true
+    }
+
+    /// A peer's ping is answered with a pong carrying its payload (SPEC
+    /// §6); a closing connection owes no pong.
+    pub(super) fn answer_ping(&mut self, handle: Handle, payload: &[u8]) {
+        if self
+            .conns
+            .get(handle)
+            .and_then(|conn| conn.peer())
+            .is_some()
+        {
+            if let Some(out) = self.conns.queue(handle) {
+                ws::write_frame(out, FrameKind::Pong, payload);
+            }
+        }
+    }
+
+    /// A pong ends the heartbeat's wait; a holder's pong to the conflict
+    /// probe also decides the conflict (`slot.rs`).
+    pub(super) fn on_pong(&mut self, handle: Handle, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        conn.deadlines.pong = None;
+        if let Some(Peer::Binary(server_id)) = conn.peer() {
+            let server_id = server_id.clone();
+            self.probe_answered(handle, &server_id, payload);
+        }
     }
 
     /// Sends the periodic ping and starts waiting for its pong.

@@ -388,7 +388,7 @@ impl Relay {
     /// then FIN. The rest of its bytes cannot be framed (an oversized
     /// frame's payload may still be arriving), so they are discarded
     /// rather than parsed (RFC 6455 §7.1.7).
-    pub(super) fn fail(&mut self, handle: Handle, error: FrameError) {
+    fn fail(&mut self, handle: Handle, error: FrameError) {
         if let Some(conn) = self.conns.get(handle) {
             debug!(
                 "ws_protocol_error remote={} code={} reason={:?}",
@@ -401,9 +401,19 @@ impl Relay {
         self.drain(handle);
     }
 
+    /// The reader found a protocol error: an open connection is failed; a
+    /// closing one, which may still be sending after our close, is
+    /// drained.
+    pub(super) fn on_protocol_error(&mut self, handle: Handle, error: FrameError) {
+        match self.conns.get(handle).map(Conn::phase) {
+            Some(Phase::Closing) => self.drain(handle),
+            _ => self.fail(handle, error),
+        }
+    }
+
     /// A closing connection sent bytes that cannot be framed: let our
     /// close frame out, then FIN, and discard whatever else comes.
-    pub(super) fn drain(&mut self, handle: Handle) {
+    fn drain(&mut self, handle: Handle) {
         if let Some(conn) = self.conns.get_mut(handle) {
             if matches!(conn.phase, Phase::Closing) {
                 conn.enter(Phase::Draining { fin_sent: false });

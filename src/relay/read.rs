@@ -1,7 +1,9 @@
 //! Reading a connection: its socket into the one shared scratch buffer,
 //! then, by phase, the bytes to the request-head parser (the HTTP phase),
 //! through the connection's WebSocket [`Reader`] to whoever handles each
-//! event (SPEC §5, §6), or into the void (a draining connection).
+//! event — messages to routing, pings and pongs to the heartbeat, the
+//! peer's close and protocol errors to the lifecycle — or into the void
+//! (a draining connection).
 //!
 //! Sockets are edge-triggered: a connection is read until `WouldBlock`,
 //! until a short read when the readiness event carried no FIN or error,
@@ -20,7 +22,7 @@ use super::lifecycle::{Conn, Peer, Phase};
 use super::Relay;
 use crate::config::READ_CHUNK;
 use crate::http::{self, Head};
-use crate::ws::{self, Event, FrameKind, Reader, Role};
+use crate::ws::{Event, Reader, Role};
 
 /// Reads one readiness event may do before other connections get a turn.
 const READS_PER_EVENT: usize = 16;
@@ -156,7 +158,13 @@ impl Relay {
             let Some(event) = batch.next(&mut self.conns.pool) else {
                 break;
             };
-            self.on_event(handle, event);
+            match event {
+                Event::Message { payload, .. } => self.on_message(handle, payload),
+                Event::Ping(payload) => self.answer_ping(handle, payload),
+                Event::Pong(payload) => self.on_pong(handle, payload),
+                Event::Close { code, .. } => self.on_peer_close(handle, code),
+                Event::Error(error) => self.on_protocol_error(handle, error),
+            }
         }
         batch.finish(&mut self.conns.pool);
         self.scratch = scratch;
@@ -173,56 +181,6 @@ impl Relay {
         self.conns
             .get(handle)
             .is_some_and(|conn| matches!(conn.phase(), Phase::Open(_) | Phase::Closing))
-    }
-
-    /// Hands one event to whoever acts on it.
-    fn on_event(&mut self, handle: Handle, event: Event<'_>) {
-        match event {
-            Event::Message { payload, .. } => self.on_message(handle, payload),
-            Event::Ping(payload) => {
-                // Answered while open; a closing connection owes no pong.
-                if self.conns.get(handle).and_then(Conn::peer).is_some() {
-                    if let Some(out) = self.conns.queue(handle) {
-                        ws::write_frame(out, FrameKind::Pong, payload);
-                    }
-                }
-            }
-            Event::Pong(payload) => self.on_pong(handle, payload),
-            Event::Close { code, .. } => self.on_peer_close(handle, code),
-            Event::Error(error) => match self.conns.get(handle).map(Conn::phase) {
-                Some(Phase::Closing) => self.drain(handle),
-                _ => self.fail(handle, error),
-            },
-        }
-    }
-
-    /// A complete message: a phone's goes to its binary, a binary's is an
-    /// envelope. Text or binary opcode alike (SPEC §5.1).
-    fn on_message(&mut self, handle: Handle, payload: &[u8]) {
-        match self.conns.get(handle).and_then(Conn::peer) {
-            Some(Peer::Phone { server_id, conn_id }) => {
-                let (server_id, conn_id) = (server_id.clone(), conn_id.clone());
-                self.forward_from_phone(handle, &server_id, &conn_id, payload);
-            }
-            Some(Peer::Binary(server_id)) => {
-                let server_id = server_id.clone();
-                self.route_from_binary(&server_id, payload);
-            }
-            Some(Peer::Challenger(_)) | None => {}
-        }
-    }
-
-    /// A pong ends the heartbeat's wait; a holder's pong to the conflict
-    /// probe also decides the conflict.
-    fn on_pong(&mut self, handle: Handle, payload: &[u8]) {
-        let Some(conn) = self.conns.get_mut(handle) else {
-            return;
-        };
-        conn.deadlines.pong = None;
-        if let Some(Peer::Binary(server_id)) = conn.peer() {
-            let server_id = server_id.clone();
-            self.probe_answered(handle, &server_id, payload);
-        }
     }
 
     fn read_and_discard(&mut self, handle: Handle) {

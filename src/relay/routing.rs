@@ -14,9 +14,27 @@ use crate::envelope::{self, BinaryEnvelope};
 use crate::ws::{self, FrameKind};
 
 impl Relay {
+    /// A complete message from `handle`: a phone's goes to its binary, a
+    /// binary's is an envelope (text or binary opcode alike, SPEC §5.1).
+    /// A challenger is not read; a closing connection's messages are
+    /// ignored.
+    pub(super) fn on_message(&mut self, handle: Handle, payload: &[u8]) {
+        match self.conns.get(handle).and_then(|conn| conn.peer()) {
+            Some(Peer::Phone { server_id, conn_id }) => {
+                let (server_id, conn_id) = (server_id.clone(), conn_id.clone());
+                self.forward_from_phone(handle, &server_id, &conn_id, payload);
+            }
+            Some(Peer::Binary(server_id)) => {
+                let server_id = server_id.clone();
+                self.route_from_binary(&server_id, payload);
+            }
+            Some(Peer::Challenger(_)) | None => {}
+        }
+    }
+
     /// A phone's message: valid JSON goes to the binary, wrapped verbatim;
     /// anything else closes that phone 1007 (SPEC §5.1).
-    pub(super) fn forward_from_phone(
+    fn forward_from_phone(
         &mut self,
         phone: Handle,
         server_id: &str,
@@ -44,7 +62,7 @@ impl Relay {
 
     /// A binary's message (SPEC §5.2, §5.3): deliver, close, or warn and
     /// drop that one envelope. The binary is never closed for it.
-    pub(super) fn route_from_binary(&mut self, server_id: &str, payload: &[u8]) {
+    fn route_from_binary(&mut self, server_id: &str, payload: &[u8]) {
         let (conn_id, frame, close_code) = match envelope::parse_binary_message(payload) {
             Ok(BinaryEnvelope::Deliver {
                 conn_id,
