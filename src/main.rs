@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     init_logging(settings.log_level);
     log_settings(&settings);
     raise_fd_limit();
+    ignore_sighup();
     serve(settings)
 }
 
@@ -143,6 +144,17 @@ fn serve(settings: Settings) -> ExitCode {
             error!("loop_failed error={err}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `systemctl reload` (the unit's `ExecReload`) sends SIGHUP, whose default
+/// action ends the process. Nothing is reloadable yet (the TLS files will
+/// be, once the loop serves TLS and reloads them on SIGHUP): until then
+/// a reload must leave the relay running.
+fn ignore_sighup() {
+    // SAFETY: SIG_IGN as the disposition of SIGHUP; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 

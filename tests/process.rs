@@ -689,3 +689,14 @@ fn metrics_are_scraped_over_http_with_exact_values_after_known_traffic() {
     drop((binary, phone, stray));
     assert_eq!(relay.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn sighup_leaves_the_relay_serving() {
+    // The systemd unit's ExecReload sends SIGHUP.
+    let mut relay = RelayProcess::start(&["--drain-timeout", "3s"]);
+    relay.signal(libc::SIGHUP);
+    let (status, head, _) = http(relay.addr, "GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n");
+    assert_eq!(status, 200, "{head}");
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait_exit().code(), Some(0), "{}", relay.log_text());
+}
