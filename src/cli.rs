@@ -32,7 +32,8 @@ use crate::settings::{
 
 /// WebSocket relay between the pyry daemon and its phones.
 #[derive(Parser, Debug)]
-#[command(name = "pyrycode-relay", version, about)]
+// A flag given twice takes its last value, as Go's flag package does.
+#[command(name = "pyrycode-relay", version, about, args_override_self = true)]
 pub struct Args {
     /// Plain-WebSocket listen address, IP:PORT or :PORT (behind a TLS
     /// terminator) [default: 127.0.0.1:8080 when no TLS flag is given].

@@ -86,6 +86,13 @@ fn go_style_flags_and_human_values() {
     assert_eq!(settings.metrics_listen, None);
 }
 
+#[test]
+fn a_flag_given_twice_takes_its_last_value_like_go() {
+    let settings =
+        settings(&["--metrics-listen", "", "--metrics-listen", "127.0.0.1:9191"]).unwrap();
+    assert_eq!(settings.metrics_listen, Some(addr("127.0.0.1:9191")));
+}
+
 // ------------------------------------------------------------------ listeners
 
 #[test]
