@@ -324,14 +324,58 @@ fn the_units_command_line_passes_every_boot_check_in_production() {
     );
 }
 
-/// A copy of the relay that uid 65534 may execute.
+/// A copy of the relay that any uid may execute, in a directory of its own
+/// (the caller removes it).
 fn relay_for_anyone() -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let dir = std::env::temp_dir().join(format!("pyrycode-relay-deploy-{}", std::process::id()));
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pyrycode-relay-deploy-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.join("pyrycode-relay");
     std::fs::copy(RELAY, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     copy
+}
+
+#[test]
+fn the_fly_manifests_command_line_passes_every_boot_check_on_fly() {
+    let manifest = std::fs::read_to_string(deploy_file("fly.toml")).unwrap();
+    let argv = manifest
+        .lines()
+        .skip_while(|line| line.trim() != "[processes]")
+        .find_map(|line| line.trim().strip_prefix("app = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("[processes] app = \"…\"");
+    let relay = relay_for_anyone();
+    // As the image runs it: uid 65532, no capability, Fly's environment.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65532", "--regid=65532", "--clear-groups", "--"])
+        .arg(&relay)
+        .args(argv.split_whitespace())
+        .args(["--metrics-listen", ""])
+        .env("PYRYCODE_RELAY_PRODUCTION", "1")
+        .env("PYRYCODE_RELAY_SINGLE_INSTANCE", "1")
+        .env("FLY_APP_NAME", "pyrycode-relay")
+        .env_remove("PYRYCODE_RELAY_FCM_CREDENTIALS")
+        .output()
+        .expect("setpriv (util-linux)");
+    std::fs::remove_dir_all(relay.parent().unwrap()).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TLS and ACME (--domain, --tls-cert): not built into this version yet"),
+        "{stderr}"
+    );
+    for env in [
+        "PYRYCODE_RELAY_SINGLE_INSTANCE = \"1\"",
+        "PYRYCODE_RELAY_PRODUCTION = \"1\"",
+    ] {
+        assert!(manifest.contains(env), "fly.toml lacks {env}");
+    }
 }
