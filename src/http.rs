@@ -332,4 +332,26 @@ mod tests {
             Some("203.0.113.9".parse().unwrap())
         );
     }
+
+    #[test]
+    fn forwarded_for_takes_the_last_header_line() {
+        // The proxy in front appends its own line; a client's forged
+        // earlier line must not win, and neither may a forged left entry.
+        let lines = "X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-For: 10.9.9.9, 203.0.113.9\r\n";
+        let head = SERVER_HEAD.replace(
+            "User-Agent: pyry\r\n",
+            &format!("User-Agent: pyry\r\n{lines}"),
+        );
+        assert_eq!(
+            request(&head).forwarded_for,
+            Some("203.0.113.9".parse().unwrap())
+        );
+        // A right-most entry that is not an address: the peer address is used.
+        let lines = "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 10.0.0.1, unknown\r\n";
+        let head = SERVER_HEAD.replace(
+            "User-Agent: pyry\r\n",
+            &format!("User-Agent: pyry\r\n{lines}"),
+        );
+        assert_eq!(request(&head).forwarded_for, None);
+    }
 }

@@ -7,6 +7,7 @@
 //! `mio` poll loop, every socket, the [`registry`] of server-ids and one
 //! [`timer`] wheel, and takes its time from a [`clock`] it is given.
 
+pub mod boot;
 pub mod buffer;
 pub mod cli;
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod push;
 pub mod registry;
 mod relay;
+pub mod settings;
 pub mod timer;
 pub mod transport;
 pub mod ws;

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
-use pyrycode_relay::cli::{normalize_args, Args, Settings};
+use pyrycode_relay::boot::{Environment, Privileges};
+use pyrycode_relay::cli::{normalize_args, Args};
+use pyrycode_relay::settings::{Settings, Tls, FCM_ENDPOINT};
 use pyrycode_relay::{Relay, SystemClock};
 
 fn main() -> ExitCode {
-    let settings = match parse_settings() {
+    let settings = match configure() {
         Ok(settings) => settings,
         Err(reason) => {
             eprintln!("pyrycode-relay: {reason}");
@@ -18,25 +20,67 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_level);
-    note_environment();
+    log_settings(&settings);
     raise_fd_limit();
+    ignore_sighup();
     serve(settings)
 }
 
-/// Flags to settings. `--help` and `--version` print and exit 0 here; a
-/// bad flag or configuration is one line of reason (SPEC §9: exit 2),
-/// without clap's usage hints.
-fn parse_settings() -> Result<Settings, String> {
-    let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
-        Ok(args) => args,
+/// Flags, environment and privileges to settings, in the Go relay's order
+/// (flags, environment switches, single instance, production rules, root,
+/// capabilities); then what is not built yet. Any failure is one line of
+/// reason (SPEC §9: exit 2).
+fn configure() -> Result<Settings, String> {
+    let settings = parse_args()?.into_settings(&Environment::of_this_process())?;
+    if settings.production {
+        Privileges::of_this_process()?.check_production()?;
+    }
+    refuse_unbuilt(&settings)?;
+    Ok(settings)
+}
+
+/// `--help` and `--version` print and exit 0 here; a bad flag is one line
+/// of reason, without clap's usage hints.
+fn parse_args() -> Result<Args, String> {
+    match Args::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(args) => Ok(args),
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
             let text = err.to_string();
             let reason = text.lines().next().unwrap_or("invalid arguments");
-            return Err(reason.trim_start_matches("error: ").to_string());
+            Err(reason.trim_start_matches("error: ").to_string())
         }
-    };
-    args.into_settings()
+    }
+}
+
+/// Features whose flags are parsed and checked but not wired into the
+/// loop yet: refused after every other check, so the checks are tested
+/// now. Each line goes when its feature lands.
+fn refuse_unbuilt(settings: &Settings) -> Result<(), String> {
+    const BEHIND_A_TERMINATOR: &str =
+        "; serve plain WebSocket with --insecure-listen behind a TLS terminator";
+    let unbuilt = [
+        (
+            settings.tls != Tls::None,
+            "TLS and ACME (--domain, --tls-cert)",
+            BEHIND_A_TERMINATOR,
+        ),
+        (
+            settings.listeners.iter().any(|l| l.proxy_protocol),
+            "the PROXY protocol (--proxy-protocol, --https-proxy-protocol)",
+            BEHIND_A_TERMINATOR,
+        ),
+        (
+            settings.push.project.is_some() || settings.push.endpoint != FCM_ENDPOINT,
+            "push (--fcm-project, --fcm-endpoint)",
+            "",
+        ),
+        (settings.manual_clock, "--manual-clock", ""),
+    ];
+    match unbuilt.iter().find(|(asked, _, _)| *asked) {
+        Some((_, what, hint)) => Err(format!("{what}: not built into this version yet{hint}")),
+        None => Ok(()),
+    }
 }
 
 /// Logs go to stderr, one line per event. Dependencies' own trace output
@@ -51,23 +95,17 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
-/// The Go relay's environment variables: accepted, and said what they do
-/// in this version.
-fn note_environment() {
-    for (name, meaning) in [
-        (
-            "PYRYCODE_RELAY_FCM_CREDENTIALS",
-            "push is not built yet: push_wake envelopes are dropped",
-        ),
-        ("PYRYCODE_RELAY_PRODUCTION", "noted; TLS is not built yet"),
-        (
-            "PYRYCODE_RELAY_SINGLE_INSTANCE",
-            "noted; every relay process is a single instance",
-        ),
-    ] {
-        if std::env::var_os(name).is_some() {
-            info!("environment name={name} note={meaning:?}");
-        }
+/// Says at start what the environment switched on, and loudly what must
+/// never reach production.
+fn log_settings(settings: &Settings) {
+    if settings.production {
+        info!("production_mode on=1");
+    }
+    if settings.push.credentials.is_some() {
+        info!("push_not_built note=\"push_wake envelopes are dropped\"");
+    }
+    if settings.manual_clock {
+        warn!("manual_clock on=1 note=\"relay time advances only when the fixture says so; never in production\"");
     }
 }
 
@@ -106,6 +144,17 @@ fn serve(settings: Settings) -> ExitCode {
             error!("loop_failed error={err}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `systemctl reload` (the unit's `ExecReload`) sends SIGHUP, whose default
+/// action ends the process. Nothing is reloadable yet (the TLS files will
+/// be, once the loop serves TLS and reloads them on SIGHUP): until then
+/// a reload must leave the relay running.
+fn ignore_sighup() {
+    // SAFETY: SIG_IGN as the disposition of SIGHUP; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
 }
 

@@ -31,12 +31,19 @@ struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts the relay on a free loopback port with `extra` flags and
-    /// waits for its `listening addr=…` line.
+    /// Starts the relay on a free loopback port, without `/metrics`, with
+    /// `extra` flags.
     fn start(extra: &[&str]) -> RelayProcess {
+        let base = ["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""];
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        RelayProcess::start_with(&args)
+    }
+
+    /// Starts the relay with exactly `args` and waits for its
+    /// `listening addr=…` line.
+    fn start_with(args: &[&str]) -> RelayProcess {
         let mut child = Command::new(RELAY)
-            .args(["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -542,4 +549,159 @@ fn a_listen_address_in_use_exits_1() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("listen_failed"), "{stderr}");
     drop(taken);
+}
+
+/// A loopback address no socket is bound to right now (for `/metrics`,
+/// which refuses port 0).
+fn free_loopback_addr() -> SocketAddr {
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// The value of the one series named exactly `series` in a scrape.
+fn sample(text: &str, series: &str) -> f64 {
+    let values: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .collect();
+    assert_eq!(values.len(), 1, "{series} in:\n{text}");
+    values[0].parse().expect("a number")
+}
+
+#[test]
+fn metrics_are_scraped_over_http_with_exact_values_after_known_traffic() {
+    let metrics_addr = free_loopback_addr();
+    let metrics_flag = metrics_addr.to_string();
+    let mut relay = RelayProcess::start_with(&[
+        "--insecure-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &metrics_flag,
+        "--drain-timeout",
+        "3s",
+    ]);
+    let addr = relay.addr;
+    let mut binary = Ws::connect(addr, "/v1/server", &binary_headers("m-srv", "pyry/1"));
+    let mut phone = Ws::connect(addr, "/v1/client", &phone_headers("m-srv", "t", "okhttp"));
+    // Three messages up, two frames down.
+    let mut conn_id = String::new();
+    for n in 0..3 {
+        let up = format!(r#"{{"n":{n}}}"#);
+        phone.send_text(up.as_bytes());
+        conn_id = conn_id_of(&binary.recv_text(), up.as_bytes());
+    }
+    for n in 0..2 {
+        let down = format!(r#"{{"r":{n}}}"#);
+        binary.send_text(&envelope(&conn_id, down.as_bytes()));
+        assert_eq!(phone.recv_text(), down.into_bytes());
+    }
+    // One envelope dropped; the frame after it proves it was read.
+    binary.send_text(b"not json");
+    binary.send_text(&envelope(&conn_id, b"3"));
+    assert_eq!(phone.recv_text(), b"3".to_vec());
+    // A phone for nobody (accepted, then 4404) and a binary without headers.
+    let mut stray = Ws::connect(addr, "/v1/client", &phone_headers("nobody", "t", "okhttp"));
+    assert_eq!(stray.expect_close().0, 4404);
+    let bare =
+        "GET /v1/server HTTP/1.1\r\nHost: r\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    assert_eq!(http(addr, bare).0, 400);
+
+    let (status, head, body) = http(metrics_addr, "GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{head}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    let p = "pyrycode_relay_";
+    for (series, expected) in [
+        (format!("{p}connected_binaries"), 1.0),
+        (format!("{p}connected_phones"), 1.0),
+        (
+            format!("{p}frames_forwarded_total{{direction=\"phone_to_binary\"}}"),
+            3.0,
+        ),
+        (
+            format!("{p}frames_forwarded_total{{direction=\"binary_to_phone\"}}"),
+            3.0,
+        ),
+        (
+            format!("{p}ws_upgrade_attempts_total{{endpoint=\"server\",outcome=\"accept\"}}"),
+            1.0,
+        ),
+        (
+            format!("{p}ws_upgrade_attempts_total{{endpoint=\"client\",outcome=\"accept\"}}"),
+            1.0,
+        ),
+        (
+            format!("{p}ws_upgrade_attempts_total{{endpoint=\"client\",outcome=\"reject_404\"}}"),
+            1.0,
+        ),
+        (
+            format!(
+                "{p}ws_upgrade_attempts_total{{endpoint=\"server\",outcome=\"reject_headers\"}}"
+            ),
+            1.0,
+        ),
+        (
+            format!("{p}register_failures_total{{kind=\"no_server\"}}"),
+            1.0,
+        ),
+        (format!("{p}envelopes_dropped_total"), 1.0),
+        (format!("{p}grace_expiries_total"), 0.0),
+        (format!("{p}push_wakes_total{{outcome=\"dropped\"}}"), 0.0),
+    ] {
+        assert_eq!(sample(&text, &series), expected, "{series}");
+    }
+
+    // The process metrics of the relay process itself.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert_eq!(
+        sample(&text, "process_max_fds"),
+        limit.rlim_max as f64,
+        "the relay raised its soft limit to the hard one"
+    );
+    let open = sample(&text, "process_open_fds");
+    assert!(
+        (7.0..100.0).contains(&open),
+        "two listeners, three sockets: {open}"
+    );
+    let rss = sample(&text, "process_resident_memory_bytes");
+    assert!(rss > 0.0 && sample(&text, "process_virtual_memory_bytes") >= rss);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample(&text, "process_start_time_seconds");
+    assert!(
+        started > 1.6e9 && started <= now + 1.0,
+        "{started} vs {now}"
+    );
+    assert!(sample(&text, "process_cpu_seconds_total") >= 0.0);
+
+    relay.signal(libc::SIGTERM);
+    binary.expect_close();
+    phone.expect_close();
+    drop((binary, phone, stray));
+    assert_eq!(relay.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn sighup_leaves_the_relay_serving() {
+    // The systemd unit's ExecReload sends SIGHUP.
+    let mut relay = RelayProcess::start(&["--drain-timeout", "3s"]);
+    relay.signal(libc::SIGHUP);
+    let (status, head, _) = http(relay.addr, "GET /healthz HTTP/1.1\r\nHost: r\r\n\r\n");
+    assert_eq!(status, 200, "{head}");
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait_exit().code(), Some(0), "{}", relay.log_text());
 }

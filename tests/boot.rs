@@ -1,0 +1,522 @@
+//! Every boot refusal with the real executable: the process exits 2 with
+//! one line of reason on stderr and nothing on stdout, before it binds
+//! anything. The environment switches, the single-instance rule, what
+//! production mode forbids (plain WebSocket, the manual clock, root, extra
+//! capabilities), the limits, `--metrics-listen`, and every conflict of
+//! the listener flags.
+//!
+//! The tests run as root (as CI does). The non-root cases run the relay
+//! through `setpriv` (util-linux) as uid/gid 65534, with or without
+//! ambient capabilities. Real time: a process that does not exit within
+//! [`WAIT`] fails the test.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The environment variables the relay reads; every test sets them itself.
+const RELAY_ENV: [&str; 4] = [
+    "PYRYCODE_RELAY_PRODUCTION",
+    "PYRYCODE_RELAY_SINGLE_INSTANCE",
+    "FLY_APP_NAME",
+    "PYRYCODE_RELAY_FCM_CREDENTIALS",
+];
+
+/// How the relay is run.
+#[derive(Clone, Copy)]
+enum As {
+    /// As this test process (root).
+    Me,
+    /// As uid/gid 65534 with these ambient capabilities (setpriv syntax,
+    /// e.g. `+net_admin,+sys_ptrace`; empty for none).
+    Nobody(&'static str),
+}
+
+/// A copy of the relay any user may execute (the build directory may not
+/// be reachable by uid 65534).
+fn relay_for_anyone() -> &'static str {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        remove_stale_copies();
+        let dir = std::env::temp_dir().join(format!("{COPY_PREFIX}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("pyrycode-relay");
+        std::fs::copy(RELAY, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .to_str()
+    .unwrap()
+}
+
+const COPY_PREFIX: &str = "pyrycode-relay-boot-";
+
+/// Removes the copies of earlier test runs whose process is gone.
+fn remove_stale_copies() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(COPY_PREFIX)) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<libc::pid_t>() else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn command(who: As, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut command = match who {
+        As::Me => Command::new(RELAY),
+        As::Nobody(caps) => {
+            assert_eq!(
+                // SAFETY: geteuid has no preconditions.
+                unsafe { libc::geteuid() },
+                0,
+                "these tests drop privileges, which needs root (CI runs as root)"
+            );
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+            if !caps.is_empty() {
+                command.arg(format!("--inh-caps={caps}"));
+                command.arg(format!("--ambient-caps={caps}"));
+            }
+            command.args(["--", relay_for_anyone()]);
+            command
+        }
+    };
+    for name in RELAY_ENV {
+        command.env_remove(name);
+    }
+    command
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs the relay to its exit; status, stdout, stderr.
+fn run(who: As, env: &[(&str, &str)], args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = command(who, env, args).spawn().expect("start the relay");
+    let (tx, rx) = mpsc::channel();
+    for (index, mut pipe) in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send((index, text));
+        });
+    }
+    let mut outputs = [String::new(), String::new()];
+    for _ in 0..2 {
+        match rx.recv_timeout(WAIT) {
+            Ok((index, text)) => outputs[index] = text,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`pyrycode-relay {}` did not exit", args.join(" "));
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    let [stdout, stderr] = outputs;
+    (status, stdout, stderr)
+}
+
+/// Asserts a boot refusal: exit 2, nothing on stdout, one line on stderr
+/// that contains `needle`. Returns the line.
+fn refused(who: As, env: &[(&str, &str)], args: &[&str], needle: &str) -> String {
+    let (status, stdout, stderr) = run(who, env, args);
+    let context = format!("env {env:?} args {args:?}: {stderr:?}");
+    assert_eq!(status.code(), Some(2), "{context}");
+    assert_eq!(stdout, "", "{context}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {context}");
+    assert!(lines[0].starts_with("pyrycode-relay: "), "{context}");
+    assert!(lines[0].contains(needle), "no {needle:?}: {context}");
+    lines[0].to_string()
+}
+
+/// A refusal of the flags alone (as root, no environment).
+fn refused_flags(args: &[&str], needle: &str) -> String {
+    refused(As::Me, &[], args, needle)
+}
+
+/// Starts the relay and waits for its `listening` line; then stops it with
+/// SIGTERM and expects exit 0. Returns the log.
+fn starts(env: &[(&str, &str)], args: &[&str]) -> String {
+    starts_command(command(As::Me, env, args))
+}
+
+/// Runs `command` (the relay, or something that execs it) until its
+/// `listening` line, then stops it with SIGTERM and expects exit 0.
+fn starts_command(mut command: Command) -> String {
+    let mut child = command.spawn().expect("start the relay");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !log.iter().any(|l: &String| l.contains("listening addr=")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no `listening` line for {command:?}: {log:#?}");
+            }
+        }
+    }
+    // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    while let Ok(line) = rx.recv_timeout(WAIT) {
+        log.push(line);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{log:#?}");
+    log.join("\n")
+}
+
+/// The plain flags every started relay gets: a free port, no `/metrics`.
+const PLAIN: [&str; 4] = ["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""];
+
+/// Flags that pass every flag rule in production: TLS from files (not
+/// built yet, so the relay stops at that refusal, after every other check).
+const TLS_FILES: [&str; 6] = [
+    "--tls-cert",
+    "/etc/relay/cert.pem",
+    "--tls-key",
+    "/etc/relay/key.pem",
+    "--metrics-listen",
+    "",
+];
+
+const NOT_BUILT: &str = "not built into this version yet";
+
+// ------------------------------------------------------------ environment
+
+#[test]
+fn the_environment_switches_must_be_unset_or_exactly_one() {
+    for name in [
+        "PYRYCODE_RELAY_PRODUCTION",
+        "PYRYCODE_RELAY_SINGLE_INSTANCE",
+    ] {
+        for bad in ["", "true", " 1", "0"] {
+            let line = refused(As::Me, &[(name, bad)], &PLAIN, name);
+            assert!(line.contains(&format!("{bad:?}")), "{line}");
+        }
+    }
+    starts(&[("PYRYCODE_RELAY_SINGLE_INSTANCE", "1")], &PLAIN);
+}
+
+#[test]
+fn fly_without_the_single_instance_assertion_is_refused() {
+    let fly = ("FLY_APP_NAME", "pyrycode-relay");
+    let line = refused(As::Me, &[fly], &PLAIN, "FLY_APP_NAME");
+    assert!(line.contains("PYRYCODE_RELAY_SINGLE_INSTANCE=1"), "{line}");
+    starts(&[fly, ("PYRYCODE_RELAY_SINGLE_INSTANCE", "1")], &PLAIN);
+}
+
+#[test]
+fn empty_fcm_credentials_are_refused() {
+    refused(
+        As::Me,
+        &[("PYRYCODE_RELAY_FCM_CREDENTIALS", "")],
+        &PLAIN,
+        "PYRYCODE_RELAY_FCM_CREDENTIALS is set but empty",
+    );
+    let log = starts(
+        &[("PYRYCODE_RELAY_FCM_CREDENTIALS", "{\"k\":\"s3cr3t\"}")],
+        &PLAIN,
+    );
+    assert!(log.contains("push_not_built"), "{log}");
+    assert!(!log.contains("s3cr3t"), "{log}");
+}
+
+// ------------------------------------------------------------- production
+
+const PRODUCTION: (&str, &str) = ("PYRYCODE_RELAY_PRODUCTION", "1");
+
+#[test]
+fn production_refuses_plain_websocket() {
+    refused(As::Me, &[PRODUCTION], &PLAIN, "refuses plain WebSocket");
+    refused(
+        As::Nobody(""),
+        &[PRODUCTION],
+        &["--metrics-listen", ""],
+        "refuses plain WebSocket on 127.0.0.1:8080 (plain mode",
+    );
+}
+
+#[test]
+fn production_refuses_the_manual_clock() {
+    let args: Vec<&str> = TLS_FILES
+        .iter()
+        .chain(&["--manual-clock"])
+        .copied()
+        .collect();
+    refused(
+        As::Nobody(""),
+        &[PRODUCTION],
+        &args,
+        "--manual-clock is for tests",
+    );
+}
+
+#[test]
+fn production_refuses_root() {
+    refused(
+        As::Me,
+        &[PRODUCTION],
+        &TLS_FILES,
+        "refuses to run as root (euid 0)",
+    );
+}
+
+#[test]
+fn production_refuses_capabilities_other_than_net_bind_service_and_names_them() {
+    let line = refused(
+        As::Nobody("+net_admin,+sys_ptrace,+net_bind_service"),
+        &[PRODUCTION],
+        &TLS_FILES,
+        "capabilities other than CAP_NET_BIND_SERVICE: CAP_NET_ADMIN, CAP_SYS_PTRACE (",
+    );
+    assert!(!line.contains(NOT_BUILT), "{line}");
+}
+
+#[test]
+fn production_as_a_plain_user_with_net_bind_service_passes_every_check() {
+    // The only refusal left is the one that goes when TLS is wired.
+    for caps in ["", "+net_bind_service"] {
+        refused(As::Nobody(caps), &[PRODUCTION], &TLS_FILES, NOT_BUILT);
+    }
+}
+
+#[test]
+fn outside_production_root_and_capabilities_are_allowed() {
+    starts(&[], &PLAIN);
+}
+
+// ----------------------------------------------------------------- limits
+
+#[test]
+fn every_limit_must_be_positive() {
+    for flag in [
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--max-phones-per-server",
+        "--rate-limit-burst",
+        "--max-message-size",
+        "--max-header-size",
+        "--phone-backlog",
+        "--binary-high-water",
+        "--binary-low-water",
+        "--rate-limit-interval",
+        "--grace-period",
+        "--ping-interval",
+        "--pong-timeout",
+        "--conflict-probe-timeout",
+        "--handshake-timeout",
+        "--message-timeout",
+        "--write-timeout",
+        "--drain-timeout",
+    ] {
+        let args: Vec<&str> = PLAIN.iter().chain(&[flag, "0"]).copied().collect();
+        refused_flags(&args, flag);
+    }
+}
+
+#[test]
+fn low_water_must_be_below_high_water() {
+    for low in ["1MiB", "2MiB"] {
+        let args: Vec<&str> = PLAIN
+            .iter()
+            .chain(&["--binary-low-water", low])
+            .copied()
+            .collect();
+        refused_flags(&args, "must be below --binary-high-water");
+    }
+}
+
+#[test]
+fn metrics_listen_must_be_a_loopback_ip_literal_with_a_port() {
+    for (addr, needle) in [
+        ("localhost:9090", "host names such as localhost are refused"),
+        ("0.0.0.0:9090", "not a loopback address"),
+        (":9090", "not a loopback IP literal"),
+        ("127.0.0.1", "not a loopback IP literal"),
+        ("127.0.0.1:0", "port 0"),
+    ] {
+        refused_flags(
+            &["--insecure-listen", "127.0.0.1:0", "--metrics-listen", addr],
+            needle,
+        );
+    }
+}
+
+// ---------------------------------------------------------- listener flags
+
+#[test]
+fn an_explicit_insecure_listen_refuses_the_tls_flags() {
+    for extra in [
+        &["--domain", "relay.example.com"][..],
+        &["--http-listen", ":80"],
+        &["--https-listen", ":443"],
+        &["--https-proxy-protocol"],
+        &["--tls-cert", "c", "--tls-key", "k"],
+    ] {
+        let args: Vec<&str> = PLAIN.iter().chain(extra).copied().collect();
+        let line = refused_flags(&args, "--insecure-listen cannot be combined with");
+        assert!(line.contains(extra[0]), "{line}");
+    }
+}
+
+#[test]
+fn cert_and_key_come_together() {
+    refused_flags(&["--tls-cert", "c"], "--tls-cert needs --tls-key");
+    refused_flags(&["--tls-key", "k"], "--tls-key needs --tls-cert");
+}
+
+#[test]
+fn tls_and_acme_flags_without_their_mode_are_refused() {
+    for (args, needle) in [
+        (&["--https-listen", ":8443"][..], "needs TLS"),
+        (&["--http-listen", ":8080"], "needs TLS"),
+        (&["--https-proxy-protocol"], "needs TLS"),
+        (&["--cert-cache", "/tmp/c"], "needs --domain"),
+        (&["--acme-email", "ops@example.com"], "needs --domain"),
+        (
+            &[
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--acme-directory",
+                "https://127.0.0.1:14000/dir",
+            ],
+            "which --tls-cert turns off",
+        ),
+        (
+            &["--tls-cert", "c", "--tls-key", "k", "--http-listen", ":80"],
+            "--http-listen serves ACME HTTP-01",
+        ),
+        (
+            &["--domain", "relay.example.com", "--proxy-protocol"],
+            "use --https-proxy-protocol",
+        ),
+        (
+            &["--domain", "relay.example.com", "--http-listen", ":443"],
+            "two listeners on one port",
+        ),
+        (
+            &[
+                "--domain",
+                "relay.example.com",
+                "--acme-directory",
+                "http://ca.example.com/dir",
+            ],
+            "--acme-directory",
+        ),
+        (&["--domain", "https://relay.example.com"], "--domain"),
+        (
+            &["--insecure-listen", "localhost:8080"],
+            "--insecure-listen",
+        ),
+        (
+            &["--fcm-endpoint", "http://fcm.example.com"],
+            "--fcm-endpoint",
+        ),
+    ] {
+        refused_flags(args, needle);
+    }
+}
+
+#[test]
+fn valid_tls_proxy_push_and_clock_settings_stop_at_not_built_yet() {
+    for (args, needle) in [
+        (&["--domain", "relay.example.com"][..], "TLS and ACME"),
+        (&TLS_FILES[..], "TLS and ACME"),
+        (
+            &[
+                "--domain",
+                "relay.example.com",
+                "--https-listen=:8443",
+                "--http-listen=:8080",
+                "--https-proxy-protocol",
+                "--cert-cache",
+                "/var/lib/relay/autocert",
+            ],
+            "TLS and ACME",
+        ),
+        (
+            &["--insecure-listen", "127.0.0.1:0", "--proxy-protocol"],
+            "the PROXY protocol",
+        ),
+        (
+            &["--insecure-listen", "127.0.0.1:0", "--fcm-project", "p"],
+            "push",
+        ),
+        (
+            &["--insecure-listen", "127.0.0.1:0", "--manual-clock"],
+            "--manual-clock",
+        ),
+    ] {
+        let line = refused_flags(args, NOT_BUILT);
+        assert!(line.contains(needle), "{line}");
+    }
+}
+
+#[test]
+fn plain_mode_without_a_listen_flag_starts_on_127_0_0_1_8080() {
+    // In a network namespace of its own, so that 8080 is free whatever else
+    // runs on this machine.
+    let mut command = Command::new("unshare");
+    command.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" --metrics-listen ''",
+        RELAY,
+    ]);
+    for name in RELAY_ENV {
+        command.env_remove(name);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let log = starts_command(command);
+    assert!(log.contains("listening addr=127.0.0.1:8080 "), "{log}");
+}
