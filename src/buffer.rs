@@ -7,6 +7,10 @@
 //! enough that a busy connection's queue does not go back to the allocator
 //! (and the kernel, page by page) between two loop turns.
 
+use std::time::Instant;
+
+use crate::metrics::Direction;
+
 /// Capacity of a fresh pooled buffer.
 pub const BUFFER_SIZE: usize = 16 * 1024;
 /// The pool never holds more than this many bytes of idle buffers.
@@ -85,15 +89,50 @@ impl Buffers for Unpooled {
 }
 
 /// Output waiting for the socket: bytes `sent..` of `buf` are unsent.
+///
+/// One frame at a time may be *timed*: the queue remembers where it ends
+/// and when the read that produced it completed, and [`OutQueue::consume`]
+/// hands that back once the frame is fully written (the frame-latency
+/// histogram). Timing costs no allocation; while a frame is timed, frames
+/// queued behind it are not, so under load the histogram samples frames.
 pub struct OutQueue {
     buf: Vec<u8>,
     sent: usize,
+    timed: Option<Timed>,
+}
+
+/// A frame being timed through an output queue (24 bytes: every
+/// connection has room for one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timed {
+    /// When the read that completed the frame's source happened.
+    pub read_at: Instant,
+    /// Where the frame ends in the queue's buffer.
+    end: u32,
+    pub direction: Direction,
 }
 
 impl OutQueue {
     /// A queue writing into `buf`.
     pub fn new(buf: Vec<u8>) -> Self {
-        OutQueue { buf, sent: 0 }
+        OutQueue {
+            buf,
+            sent: 0,
+            timed: None,
+        }
+    }
+
+    /// Times the frame that was just appended (it ends at the end of the
+    /// queue), unless a frame is being timed already.
+    pub fn time_last_frame(&mut self, read_at: Instant, direction: Direction) {
+        // A queue past 4 GiB (only with limits raised that far) is not timed.
+        if let (None, Ok(end)) = (self.timed, u32::try_from(self.buf.len())) {
+            self.timed = Some(Timed {
+                read_at,
+                end,
+                direction,
+            });
+        }
     }
 
     /// Bytes not yet written to the socket.
@@ -106,13 +145,19 @@ impl OutQueue {
         &self.buf[self.sent..]
     }
 
-    /// Marks `n` more bytes as written.
-    pub fn consume(&mut self, n: usize) {
+    /// Marks `n` more bytes as written; returns the timed frame if these
+    /// bytes finished it.
+    pub fn consume(&mut self, n: usize) -> Option<Timed> {
         self.sent += n;
+        let finished = self.timed.filter(|timed| timed.end as usize <= self.sent);
+        if finished.is_some() {
+            self.timed = None;
+        }
         if self.sent == self.buf.len() {
             self.buf.clear();
             self.sent = 0;
         }
+        finished
     }
 
     /// The buffer to append to; sent bytes are dropped first once they
@@ -120,6 +165,9 @@ impl OutQueue {
     pub fn tail(&mut self) -> &mut Vec<u8> {
         if self.sent > 0 && self.sent >= self.buf.len() / 2 {
             self.buf.drain(..self.sent);
+            if let Some(timed) = self.timed.as_mut() {
+                timed.end -= self.sent as u32; // below `end`, so it fits
+            }
             self.sent = 0;
         }
         &mut self.buf
@@ -144,13 +192,37 @@ mod tests {
     fn queue_tracks_what_is_left_to_send() {
         let mut queue = OutQueue::new(Vec::new());
         queue.tail().extend_from_slice(b"hello world");
-        queue.consume(6);
+        let _ = queue.consume(6);
         assert_eq!(queue.unsent(), b"world");
         queue.tail().extend_from_slice(b"!");
         assert_eq!(queue.unsent(), b"world!");
         assert_eq!(queue.pending(), 6);
-        queue.consume(6);
+        let _ = queue.consume(6);
         assert_eq!(queue.pending(), 0);
+    }
+
+    #[test]
+    fn a_timed_frame_comes_back_once_its_last_byte_is_written() {
+        let (t0, t1) = (
+            Instant::now(),
+            Instant::now() + std::time::Duration::from_secs(1),
+        );
+        let mut queue = OutQueue::new(Vec::new());
+        queue.tail().extend_from_slice(b"first");
+        queue.time_last_frame(t0, Direction::PhoneToBinary);
+        queue.time_last_frame(t1, Direction::BinaryToPhone); // one at a time
+        assert_eq!(queue.consume(3), None);
+        // Appending drops the 3 sent bytes from the buffer: the timed
+        // frame's end moves with them.
+        queue.tail().extend_from_slice(b"second");
+        let timed = queue.consume(2).expect("first is out");
+        assert_eq!(
+            (timed.read_at, timed.direction),
+            (t0, Direction::PhoneToBinary)
+        );
+        queue.time_last_frame(t1, Direction::BinaryToPhone);
+        assert_eq!(queue.consume(5), None);
+        assert!(queue.consume(1).is_some(), "second is out");
     }
 
     #[test]

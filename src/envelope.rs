@@ -67,8 +67,8 @@ pub enum BinaryEnvelope<'a> {
         frame: Option<&'a [u8]>,
         close_code: Option<u16>,
     },
-    /// A `push_wake` request (§5.3).
-    PushWake,
+    /// A `push_wake` request (§5.3): the raw JSON value of its key.
+    PushWake(&'a [u8]),
 }
 
 /// Parses one message from a binary; the error says why it is malformed.
@@ -76,7 +76,7 @@ pub fn parse_binary_message(bytes: &[u8]) -> Result<BinaryEnvelope<'_>, &'static
     let wire: Wire = serde_json::from_slice(bytes).map_err(|_| "not a JSON envelope object")?;
     let Some(conn_id) = wire.conn_id else {
         return match wire.push_wake {
-            Some(_) => Ok(BinaryEnvelope::PushWake),
+            Some(wake) => Ok(BinaryEnvelope::PushWake(wake.get().as_bytes())),
             None => Err("no conn_id"),
         };
     };
@@ -119,7 +119,7 @@ mod tests {
                 frame,
                 close_code,
             } => (conn_id.into_owned(), frame.map(<[u8]>::to_vec), close_code),
-            BinaryEnvelope::PushWake => panic!("push_wake"),
+            BinaryEnvelope::PushWake(_) => panic!("push_wake"),
         }
     }
 
@@ -170,7 +170,9 @@ mod tests {
         );
         assert!(matches!(
             parse_binary_message(br#"{"push_wake":{"platform":"fcm","token":"t"}}"#),
-            Ok(BinaryEnvelope::PushWake)
+            Ok(BinaryEnvelope::PushWake(
+                br#"{"platform":"fcm","token":"t"}"#
+            ))
         ));
     }
 

@@ -8,35 +8,52 @@ use clap::Parser;
 use log::{error, info, warn};
 use pyrycode_relay::boot::{Environment, Privileges};
 use pyrycode_relay::cli::{normalize_args, Args};
-use pyrycode_relay::settings::{Settings, Tls, FCM_ENDPOINT};
+use pyrycode_relay::push::{Push, PushConfig, ServiceAccountKey};
+use pyrycode_relay::settings::{self, Settings, Tls};
 use pyrycode_relay::{Relay, SystemClock};
 
 fn main() -> ExitCode {
-    let settings = match configure() {
-        Ok(settings) => settings,
+    let (settings, push) = match configure() {
+        Ok(configured) => configured,
         Err(reason) => {
             eprintln!("pyrycode-relay: {reason}");
             return ExitCode::from(2);
         }
     };
     init_logging(settings.log_level);
-    log_settings(&settings);
+    log_settings(&settings, push.as_ref());
     raise_fd_limit();
     ignore_sighup();
-    serve(settings)
+    serve(settings, push)
 }
 
 /// Flags, environment and privileges to settings, in the Go relay's order
 /// (flags, environment switches, single instance, production rules, root,
 /// capabilities); then what is not built yet. Any failure is one line of
 /// reason (SPEC §9: exit 2).
-fn configure() -> Result<Settings, String> {
+fn configure() -> Result<(Settings, Option<PushConfig>), String> {
     let settings = parse_args()?.into_settings(&Environment::of_this_process())?;
     if settings.production {
         Privileges::of_this_process()?.check_production()?;
     }
     refuse_unbuilt(&settings)?;
-    Ok(settings)
+    let push = push_config(&settings.push)?;
+    Ok((settings, push))
+}
+
+/// Push from `PYRYCODE_RELAY_FCM_CREDENTIALS`, `--fcm-project` and
+/// `--fcm-endpoint`: off without credentials; credentials that are not a
+/// service-account key are a configuration error whose reason never
+/// quotes them.
+fn push_config(push: &settings::Push) -> Result<Option<PushConfig>, String> {
+    let Some(credentials) = &push.credentials else {
+        return Ok(None);
+    };
+    let key = ServiceAccountKey::from_json(credentials.expose().as_bytes())
+        .map_err(|err| err.to_string())?;
+    PushConfig::new(key, push.project.as_deref(), &push.endpoint)
+        .map(Some)
+        .map_err(|err| err.to_string())
 }
 
 /// `--help` and `--version` print and exit 0 here; a bad flag is one line
@@ -70,11 +87,6 @@ fn refuse_unbuilt(settings: &Settings) -> Result<(), String> {
             "the PROXY protocol (--proxy-protocol, --https-proxy-protocol)",
             BEHIND_A_TERMINATOR,
         ),
-        (
-            settings.push.project.is_some() || settings.push.endpoint != FCM_ENDPOINT,
-            "push (--fcm-project, --fcm-endpoint)",
-            "",
-        ),
         (settings.manual_clock, "--manual-clock", ""),
     ];
     match unbuilt.iter().find(|(asked, _, _)| *asked) {
@@ -91,18 +103,22 @@ fn init_logging(level: log::LevelFilter) {
         .with_level(level)
         .with_module_level("tungstenite", log::LevelFilter::Warn)
         .with_module_level("mio", log::LevelFilter::Warn)
+        .with_module_level("ureq", log::LevelFilter::Warn)
+        .with_module_level("ureq_proto", log::LevelFilter::Warn)
+        .with_module_level("rustls", log::LevelFilter::Warn)
         .with_utc_timestamps()
         .init();
 }
 
 /// Says at start what the environment switched on, and loudly what must
 /// never reach production.
-fn log_settings(settings: &Settings) {
+fn log_settings(settings: &Settings, push: Option<&PushConfig>) {
     if settings.production {
         info!("production_mode on=1");
     }
-    if settings.push.credentials.is_some() {
-        info!("push_not_built note=\"push_wake envelopes are dropped\"");
+    match push {
+        Some(push) => info!("push_enabled project={}", push.project),
+        None => info!("push_off reason=credentials_unset note=\"push_wake envelopes are dropped\""),
     }
     if settings.manual_clock {
         warn!("manual_clock on=1 note=\"relay time advances only when the fixture says so; never in production\"");
@@ -111,7 +127,7 @@ fn log_settings(settings: &Settings) {
 
 /// Binds the listeners and runs the loop until a graceful shutdown (0);
 /// a listener that cannot be bound or fails is exit code 1.
-fn serve(settings: Settings) -> ExitCode {
+fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
     let listen = settings.config.listen;
     let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
         Ok(relay) => relay,
@@ -120,6 +136,16 @@ fn serve(settings: Settings) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(config) = push {
+        if let Err(err) = Push::new(config).and_then(|push| {
+            relay
+                .enable_push(push)
+                .map_err(pyrycode_relay::push::PushConfigError::Spawn)
+        }) {
+            error!("push_failed error={err}");
+            return ExitCode::from(1);
+        }
+    }
     if let Some(addr) = settings.metrics_listen {
         if let Err(err) = relay.listen_metrics(addr) {
             error!("listen_failed addr={addr} error={err}");

@@ -257,12 +257,36 @@ fn empty_fcm_credentials_are_refused() {
         &PLAIN,
         "PYRYCODE_RELAY_FCM_CREDENTIALS is set but empty",
     );
-    let log = starts(
+    let line = refused(
+        As::Me,
         &[("PYRYCODE_RELAY_FCM_CREDENTIALS", "{\"k\":\"s3cr3t\"}")],
         &PLAIN,
+        "not a usable service-account key",
     );
-    assert!(log.contains("push_not_built"), "{log}");
-    assert!(!log.contains("s3cr3t"), "{log}");
+    assert!(!line.contains("s3cr3t"), "{line}");
+    let log = starts(&[], &PLAIN);
+    assert!(log.contains("push_off reason=credentials_unset"), "{log}");
+}
+
+/// A real service-account key (a throwaway test key) turns push on.
+#[test]
+fn a_service_account_key_turns_push_on() {
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key": include_str!("fixtures/push-test-key.pem"),
+        "client_email": "relay@test-project.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    })
+    .to_string();
+    let log = starts(&[("PYRYCODE_RELAY_FCM_CREDENTIALS", key.as_str())], &PLAIN);
+    assert!(log.contains("push_enabled project=test-project"), "{log}");
+    let log = starts(
+        &[("PYRYCODE_RELAY_FCM_CREDENTIALS", key.as_str())],
+        &[&PLAIN[..], &["--fcm-project", "other-project"]].concat(),
+    );
+    assert!(log.contains("push_enabled project=other-project"), "{log}");
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
 }
 
 // ------------------------------------------------------------- production
@@ -464,7 +488,7 @@ fn tls_and_acme_flags_without_their_mode_are_refused() {
 }
 
 #[test]
-fn valid_tls_proxy_push_and_clock_settings_stop_at_not_built_yet() {
+fn valid_tls_proxy_and_clock_settings_stop_at_not_built_yet() {
     for (args, needle) in [
         (&["--domain", "relay.example.com"][..], "TLS and ACME"),
         (&TLS_FILES[..], "TLS and ACME"),
@@ -483,10 +507,6 @@ fn valid_tls_proxy_push_and_clock_settings_stop_at_not_built_yet() {
         (
             &["--insecure-listen", "127.0.0.1:0", "--proxy-protocol"],
             "the PROXY protocol",
-        ),
-        (
-            &["--insecure-listen", "127.0.0.1:0", "--fcm-project", "p"],
-            "push",
         ),
         (
             &["--insecure-listen", "127.0.0.1:0", "--manual-clock"],

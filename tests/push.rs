@@ -15,6 +15,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use data_encoding::{BASE64, BASE64URL_NOPAD};
+use fake_http::google::{
+    fcm_ok, key_json, oauth_server, ACCESS_PREFIX, CLIENT_EMAIL, KEY_ID, PRIVATE_KEY, PROJECT,
+};
 use fake_http::{FakeServer, Recorded, Reply, Stall};
 use mio::{Events, Poll, Token};
 use pyrycode_relay::push::{
@@ -26,57 +29,16 @@ use pyrycode_relay::{Clock, ManualClock};
 use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::{json, Value};
 
-const PRIVATE_KEY: &str = include_str!("fixtures/push-test-key.pem");
 const PRIVATE_KEY_PKCS1: &str = include_str!("fixtures/push-test-key-pkcs1.pem");
 const PUBLIC_KEY: &str = include_str!("fixtures/push-test-key.pub.pem");
 const EC_KEY: &str = include_str!("fixtures/push-test-ec-key.pem");
-const CLIENT_EMAIL: &str = "relay@test-project.iam.gserviceaccount.com";
-const KEY_ID: &str = "test-key-id-0001";
-const PROJECT: &str = "test-project";
 const WAKER: Token = Token(7);
-/// Access tokens the fake OAuth endpoint issues start with this.
-const ACCESS_PREFIX: &str = "ya29.fake-access-";
 /// Device tokens in these tests start with this.
 const DEVICE_PREFIX: &str = "devtok-";
 /// FCM's free text in the fake error replies; it must never be logged.
 const FCM_FREE_TEXT: &str = "Requested entity was not found for devtok";
 
 // ---- the fake service account and endpoints ------------------------------
-
-fn key_json(private_key: &str, token_uri: &str) -> String {
-    json!({
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": KEY_ID,
-        "private_key": private_key,
-        "client_email": CLIENT_EMAIL,
-        "client_id": "123456789",
-        "token_uri": token_uri,
-    })
-    .to_string()
-}
-
-/// An OAuth endpoint issuing `ya29.fake-access-N` (N counting from 1),
-/// valid for `lifetime` seconds.
-fn oauth_server(lifetime: u64) -> FakeServer {
-    let issued = Mutex::new(0u32);
-    FakeServer::start(move |_| {
-        let mut n = issued.lock().unwrap();
-        *n += 1;
-        let reply = json!({"access_token": format!("{ACCESS_PREFIX}{n}"), "expires_in": lifetime, "token_type": "Bearer"});
-        Reply::json(200, &reply.to_string())
-    })
-}
-
-/// An FCM endpoint that accepts every message.
-fn fcm_ok() -> FakeServer {
-    FakeServer::start(|_| {
-        Reply::json(
-            200,
-            r#"{"name":"projects/test-project/messages/0:1700%abc"}"#,
-        )
-    })
-}
 
 fn fcm_error(status: u16, error_status: &str, error_code: &str) -> String {
     json!({"error": {"code": status, "message": FCM_FREE_TEXT, "status": error_status, "details": [

@@ -83,6 +83,21 @@ pub enum PushOutcome {
     Dropped,
 }
 
+impl PushOutcome {
+    /// The outcome whose label is `label` (one of [`PUSH_OUTCOMES`]).
+    pub fn from_label(label: &str) -> Option<PushOutcome> {
+        const ALL: [PushOutcome; 5] = [
+            PushOutcome::Sent,
+            PushOutcome::Unregistered,
+            PushOutcome::SendFailed,
+            PushOutcome::TokenFetchFailed,
+            PushOutcome::Dropped,
+        ];
+        let index = PUSH_OUTCOMES.iter().position(|known| *known == label)?;
+        Some(ALL[index])
+    }
+}
+
 /// Which way a frame went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

@@ -14,11 +14,14 @@
 //! to read again without waiting for a readiness event ("resume"), and the
 //! buffer pool every connection borrows from.
 
+use std::time::Instant;
+
 use mio::Token;
 use slab::Slab;
 
 use super::lifecycle::Conn;
 use crate::buffer::{BufferPool, OutQueue};
+use crate::metrics::Direction;
 
 /// Names one connection for as long as it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,6 +127,15 @@ impl Conns {
                 .get_or_insert_with(|| OutQueue::new(pool.get()))
                 .tail(),
         )
+    }
+
+    /// Times the frame just queued to `handle` (see `OutQueue`): from
+    /// `read_at`, the read that completed its source, to the write that
+    /// finishes sending it.
+    pub fn time_last_frame(&mut self, handle: Handle, read_at: Instant, direction: Direction) {
+        if let Some(out) = self.get_mut(handle).and_then(|conn| conn.out.as_mut()) {
+            out.time_last_frame(read_at, direction);
+        }
     }
 
     /// Puts `handle` on this turn's flush list (also how a draining

@@ -19,6 +19,7 @@ use log::{debug, info};
 use super::conns::Handle;
 use super::lifecycle::{Close, Peer};
 use super::Relay;
+use crate::metrics::HttpRefusal;
 use crate::ws::{self, FrameKind};
 
 /// How often per-IP rate-limit state of idle IPs is forgotten.
@@ -73,6 +74,7 @@ impl Relay {
                 TimerKey::Drain => self.drop_all_for_shutdown(),
                 TimerKey::Sweep => {
                     self.limits.sweep(now);
+                    self.sweep_wakes(now);
                     self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
                 }
                 TimerKey::AcceptBackoff => self.resume_accepting(),
@@ -116,7 +118,7 @@ impl Relay {
         let d = &conn.deadlines;
         if due(d.handshake, now) {
             debug!("handshake_timeout remote={}", conn.remote);
-            self.respond(handle, 408, "", "");
+            self.refuse_head(handle, HttpRefusal::HandshakeTimeout);
             return true;
         }
         if due(d.close, now) || due(d.stall, now) {
@@ -167,7 +169,11 @@ impl Relay {
             return false;
         }
         let why = match (pong_due, message_due) {
-            (true, _) => Close::Heartbeat,
+            (true, _) => {
+                let is_server = !matches!(conn.peer(), Some(Peer::Phone { .. }));
+                self.metrics.heartbeat_timeout(is_server);
+                Close::Heartbeat
+            }
             (false, true) => Close::MessageTimeout,
             (false, false) => return false,
         };

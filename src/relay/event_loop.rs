@@ -32,6 +32,8 @@ use crate::transport::Transport;
 pub(super) const LISTENER: Token = Token(usize::MAX);
 pub(super) const METRICS_LISTENER: Token = Token(usize::MAX - 1);
 pub(super) const SIGNALS: Token = Token(usize::MAX - 2);
+/// The push workers' waker: outcomes are waiting.
+pub(super) const PUSH: Token = Token(usize::MAX - 3);
 
 /// How long accepting pauses after `accept` failed (EMFILE, ENFILE, ...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -97,6 +99,7 @@ impl Relay {
             LISTENER => self.accept(Origin::Public),
             METRICS_LISTENER => self.accept(Origin::Metrics),
             SIGNALS => self.on_signal(),
+            PUSH => self.on_wake_outcomes(),
             token => {
                 let Some(handle) = self.conns.by_token(token) else {
                     return; // a connection dropped earlier in this turn

@@ -563,10 +563,11 @@ mod tests {
 
     /// Every connection, idle or not, is one `Conn` in the slab: its size
     /// is most of the relay's memory per idle connection (docs/SECURITY.md).
+    /// (336 bytes before the output queue gained room for one timed frame.)
     #[test]
     fn a_connection_stays_small() {
         assert!(
-            std::mem::size_of::<Conn>() <= 336,
+            std::mem::size_of::<Conn>() <= 360,
             "Conn is {} bytes",
             std::mem::size_of::<Conn>()
         );

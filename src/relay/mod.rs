@@ -16,6 +16,7 @@
 //! | `routing.rs` | envelopes both ways, close notices, backpressure |
 //! | `deadlines.rs` | the timer wheel's entries and what each deadline does |
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
+//! | `wakes.rs` | push wakes: admitting a binary's `push_wake`, counting outcomes |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
@@ -27,6 +28,7 @@ mod read;
 mod routing;
 mod slot;
 mod upgrade;
+mod wakes;
 mod write;
 
 use std::io::ErrorKind;
@@ -40,6 +42,7 @@ use crate::clock::Clock;
 use crate::config::{Config, READ_CHUNK};
 use crate::limits::IpLimits;
 use crate::metrics::Metrics;
+use crate::push::Push;
 use crate::registry::Registry;
 use crate::timer::TimerWheel;
 use conns::{Conns, Handle};
@@ -106,8 +109,12 @@ pub struct Relay {
     fired: Vec<TimerKey>,
     /// Every socket read lands here first.
     scratch: Vec<u8>,
+    /// When the read being decoded completed (frame latency starts here).
+    read_at: Instant,
     metrics: Metrics,
     counts: Counts,
+    /// Push wakes, when configured (`enable_push`).
+    push: Option<Push>,
     /// Set once shutdown has begun: when the drain ends.
     drain_until: Option<Instant>,
     /// Listener events are ignored until the `AcceptBackoff` timer fires.
@@ -146,8 +153,10 @@ impl Relay {
             timers,
             fired: Vec::new(),
             scratch: vec![0; READ_CHUNK],
+            read_at: now,
             metrics: Metrics::default(),
             counts: Counts::default(),
+            push: None,
             drain_until: None,
             accept_paused: false,
             accept_pauses: 0,

@@ -22,6 +22,7 @@ use super::lifecycle::{Conn, Peer, Phase};
 use super::Relay;
 use crate::config::READ_CHUNK;
 use crate::http::{self, Head};
+use crate::metrics::HttpRefusal;
 use crate::ws::{Event, Reader, Role};
 
 /// Reads one readiness event may do before other connections get a turn.
@@ -108,8 +109,8 @@ impl Relay {
             head.extend_from_slice(&self.scratch[..n]);
             match http::parse_head(head, self.config.max_header_size) {
                 Head::Partial => continue,
-                Head::TooLarge => return self.respond(handle, 431, "", ""),
-                Head::Malformed => return self.respond(handle, 400, "", ""),
+                Head::TooLarge => return self.refuse_head(handle, HttpRefusal::HeadTooLarge),
+                Head::Malformed => return self.refuse_head(handle, HttpRefusal::MalformedHead),
                 Head::Complete { len, request } => return self.on_request(handle, len, request),
             }
         }
@@ -146,6 +147,7 @@ impl Relay {
     /// from before) through the connection's reader, handling each event
     /// while the connection may still be read.
     fn decode(&mut self, handle: Handle, n: usize) {
+        self.read_at = self.clock.now();
         let Some(conn) = self.conns.get_mut(handle) else {
             return;
         };

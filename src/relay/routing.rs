@@ -1,7 +1,8 @@
 //! Routing between a binary and its phones (SPEC §5, §7): a phone's
 //! message wrapped verbatim into an envelope and queued to its binary; a
 //! binary's envelope delivered to its phone, closing it on a close
-//! directive; the close notice a binary gets when a phone leaves; and
+//! directive (a `push_wake` goes to `wakes.rs`); the close notice a binary
+//! gets when a phone leaves; and
 //! backpressure — a binary whose output passes high water stops its
 //! phones being read until it drains below low water.
 
@@ -11,6 +12,7 @@ use super::conns::Handle;
 use super::lifecycle::{Close, Peer};
 use super::Relay;
 use crate::envelope::{self, BinaryEnvelope};
+use crate::metrics::Direction;
 use crate::ws::{self, FrameKind};
 
 impl Relay {
@@ -56,6 +58,9 @@ impl Relay {
         if let Some(out) = self.conns.queue(binary) {
             envelope::write_phone_message(out, conn_id, payload);
             self.metrics.frames_phone_to_binary += 1;
+            self.metrics.bytes_phone_to_binary += payload.len() as u64;
+            let (read_at, direction) = (self.read_at, Direction::PhoneToBinary);
+            self.conns.time_last_frame(binary, read_at, direction);
         }
         self.check_high_water(binary, server_id);
     }
@@ -69,10 +74,7 @@ impl Relay {
                 frame,
                 close_code,
             }) => (conn_id, frame, close_code),
-            Ok(BinaryEnvelope::PushWake) => {
-                self.metrics.push_dropped();
-                return warn!("push_wake_dropped server_id={server_id} reason=push_not_configured");
-            }
+            Ok(BinaryEnvelope::PushWake(wake)) => return self.request_wake(server_id, wake),
             Err(why) => return self.drop_envelope(server_id, why),
         };
         let Some(phone) = self.registry.phone(&conn_id) else {
@@ -115,6 +117,7 @@ impl Relay {
             .map_or(0, |conn| conn.pending_output());
         if queued + frame.len() > self.config.phone_backlog {
             warn!("phone_backlog_full server_id={server_id} conn_id={conn_id} queued={queued} code=1011");
+            self.metrics.phone_backlog_full_closes += 1;
             self.drop_envelope(server_id, "phone cannot take the frame");
             self.close(phone, Close::BacklogFull);
             return false;
@@ -122,6 +125,9 @@ impl Relay {
         if let Some(out) = self.conns.queue(phone) {
             ws::write_frame(out, FrameKind::Text, frame);
             self.metrics.frames_binary_to_phone += 1;
+            self.metrics.bytes_binary_to_phone += frame.len() as u64;
+            let (read_at, direction) = (self.read_at, Direction::BinaryToPhone);
+            self.conns.time_last_frame(phone, read_at, direction);
         }
         true
     }
@@ -146,6 +152,7 @@ impl Relay {
         if queued > self.config.binary_high_water
             && self.registry.set_backpressured(server_id, true)
         {
+            self.metrics.backpressure_pauses += 1;
             info!("backpressure_on server_id={server_id}");
         }
     }

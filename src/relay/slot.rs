@@ -100,6 +100,7 @@ impl Relay {
             phones.len()
         );
         self.become_binary(challenger, server_id);
+        self.metrics.heartbeat_timeout(true);
         self.close(holder, Close::TakenOver);
         self.close_phones(&phones, Close::Reclaimed);
         self.conns.resume(challenger);

@@ -14,7 +14,7 @@ use super::conns::Handle;
 use super::lifecycle::{Close, Origin, Peer};
 use super::Relay;
 use crate::http::{self, Refusal, Request, Route};
-use crate::metrics::{RegisterFailure, UpgradeOutcome};
+use crate::metrics::{HttpRefusal, RegisterFailure, UpgradeOutcome};
 use crate::registry::Join;
 use crate::ws::{Reader, Role};
 
@@ -38,6 +38,17 @@ impl Relay {
                 "404 page not found\n",
             ),
         }
+    }
+
+    /// Answers a request with an error status (counted by reason) and
+    /// ends the connection after it.
+    pub(super) fn refuse_head(&mut self, handle: Handle, refusal: HttpRefusal) {
+        self.metrics.http_refusal(refusal);
+        let headers = match refusal {
+            HttpRefusal::BadVersion => "Sec-WebSocket-Version: 13\r\n",
+            _ => "",
+        };
+        self.respond(handle, refusal.status(), headers, "");
     }
 
     /// Queues a complete HTTP response and ends the connection after it.
@@ -96,12 +107,14 @@ impl Relay {
                 }
                 self.metrics
                     .upgrade(is_server, UpgradeOutcome::RejectHeaders);
-                return match refusal {
-                    Refusal::Version => {
-                        self.respond(handle, 426, "Sec-WebSocket-Version: 13\r\n", "")
-                    }
-                    Refusal::Headers | Refusal::BadUpgrade => self.respond(handle, 400, "", ""),
-                };
+                return self.refuse_head(
+                    handle,
+                    match refusal {
+                        Refusal::Version => HttpRefusal::BadVersion,
+                        Refusal::Headers => HttpRefusal::Headers,
+                        Refusal::BadUpgrade => HttpRefusal::BadUpgrade,
+                    },
+                );
             }
         };
         self.switch_protocols(handle, head_len, &upgrade.accept_key);
@@ -133,25 +146,28 @@ impl Relay {
 
     fn refuse_http(&mut self, handle: Handle, route: Route, refusal: Admission) {
         let is_server = route == Route::Server;
-        let (status, reason, outcome) = match refusal {
-            Admission::RateLimited => (429, "rate_limit", UpgradeOutcome::RejectRateLimit),
-            Admission::TooManyFromIp => {
-                (429, "per_ip_connections", UpgradeOutcome::RejectRateLimit)
-            }
-            Admission::AtCapacity => (503, "max_connections", UpgradeOutcome::RejectCapacity),
+        let (counted, outcome) = match refusal {
+            Admission::RateLimited => (HttpRefusal::RateLimit, UpgradeOutcome::RejectRateLimit),
+            Admission::TooManyFromIp => (
+                HttpRefusal::PerIpConnections,
+                UpgradeOutcome::RejectRateLimit,
+            ),
+            Admission::AtCapacity => (HttpRefusal::MaxConnections, UpgradeOutcome::RejectCapacity),
         };
         self.metrics.upgrade(is_server, outcome);
-        if status == 429 {
+        if counted.status() == 429 {
             self.metrics.register_failure(RegisterFailure::RateLimit);
         }
         if let Some(conn) = self.conns.get(handle) {
             warn!(
-                "upgrade_refused endpoint={} status={status} reason={reason} remote={}",
+                "upgrade_refused endpoint={} status={} reason={} remote={}",
                 route.endpoint(),
+                counted.status(),
+                counted.reason(),
                 conn.client_ip
             );
         }
-        self.respond(handle, status, "", "");
+        self.refuse_head(handle, counted);
     }
 
     /// Sends the 101; bytes that followed the head become the first bytes

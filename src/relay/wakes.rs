@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::event_loop::PUSH;
 use super::Relay;
+use crate::metrics::PushOutcome;
 use crate::push::{Admission, Push, Refusal};
 
 impl Relay {
@@ -41,7 +42,9 @@ impl Relay {
         };
         for outcome in push.take_outcomes() {
             outcome.log();
-            self.metrics.push_outcome(outcome.label());
+            if let Some(counted) = PushOutcome::from_label(outcome.label()) {
+                self.metrics.push_wake(counted);
+            }
         }
     }
 

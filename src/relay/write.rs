@@ -26,7 +26,8 @@ impl Relay {
 
     /// Writes what `handle` has queued until the socket would block.
     pub(super) fn flush(&mut self, handle: Handle) {
-        let stall_at = self.clock.now() + self.config.write_timeout;
+        let now = self.clock.now();
+        let stall_at = now + self.config.write_timeout;
         let read_limit = self.config.output_read_limit();
         let Some((conn, pool)) = self.conns.with_pool(handle) else {
             return;
@@ -39,7 +40,10 @@ impl Relay {
                 match conn.transport.write(out.unsent()) {
                     Ok(0) => return self.vanish(handle),
                     Ok(n) => {
-                        out.consume(n);
+                        if let Some(timed) = out.consume(n) {
+                            let inside = now.saturating_duration_since(timed.read_at);
+                            self.metrics.frame_latency(timed.direction, inside);
+                        }
                         progressed = true;
                     }
                     Err(err) if err.kind() == ErrorKind::WouldBlock => break,

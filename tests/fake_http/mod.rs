@@ -7,6 +7,8 @@
 //! endpoint).
 #![allow(dead_code)]
 
+pub mod google;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
