@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod registry;
 mod relay;
 pub mod timer;
