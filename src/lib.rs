@@ -7,6 +7,7 @@
 //! `mio` poll loop, every socket, the [`registry`] of server-ids and one
 //! [`timer`] wheel, and takes its time from a [`clock`] it is given.
 
+pub mod acme;
 pub mod buffer;
 pub mod cli;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod proxy_protocol;
 pub mod registry;
 mod relay;
 pub mod timer;
+pub mod tls;
 pub mod transport;
 pub mod ws;
 
