@@ -9,7 +9,8 @@
 //! - Pebble rejects 20 % of nonces as `badNonce`, so the retry is used.
 //!
 //! One order is validated with HTTP-01, another (another domain, another
-//! account) with TLS-ALPN-01. Each certificate arrives through the channel
+//! account) with TLS-ALPN-01; a third client whose HTTP-01 validation
+//! fails backs off and succeeds with TLS-ALPN-01. Each certificate arrives through the channel
 //! and the `mio::Waker`, is served with its intermediate, and verifies
 //! against Pebble's root fetched from its management interface. Then
 //! Pebble is stopped and a new start serves the cached certificate.
@@ -48,9 +49,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
 fn pebble_issues_by_http01_and_tls_alpn01_and_a_restart_serves_the_cache() {
+    log_to_stderr();
     let work = temp_dir("pebble");
     let ca = TestCa::new("pebble https root");
-    let validation = Validation::start();
+    let validation = Validation::start(answer_http01);
     let pebble = Pebble::start(&work, &ca, validation.http_port, validation.tls_port);
     let root = pebble.root(&ca);
 
@@ -80,6 +82,35 @@ fn pebble_issues_by_http01_and_tls_alpn01_and_a_restart_serves_the_cache() {
     );
     assert_verifies(cached, &root, "http01.relay.test");
     restarted.stop();
+}
+
+#[test]
+fn a_failed_http01_validation_backs_off_and_tls_alpn01_then_succeeds() {
+    log_to_stderr();
+    let work = temp_dir("pebble-fallback");
+    let ca = TestCa::new("pebble https root");
+    let validation = Validation::start(answer_404);
+    let pebble = Pebble::start(&work, &ca, validation.http_port, validation.tls_port);
+    let root = pebble.root(&ca);
+
+    let mut order = Order::new(&work, "fallback.relay.test", ChallengeKind::Http01, &pebble);
+    order.config.challenge_kinds = ChallengeKind::for_listeners(true);
+    obtain(&order, &validation, &root);
+    assert!(
+        validation.http_hits.load(Ordering::SeqCst) > 0,
+        "HTTP-01 was tried first"
+    );
+    assert!(
+        validation.tls_hits.load(Ordering::SeqCst) > 0,
+        "then TLS-ALPN-01"
+    );
+}
+
+/// The ACME thread's log lines, shown by the test harness on failure.
+fn log_to_stderr() {
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(log::LevelFilter::Info)
+        .init();
 }
 
 /// One ACME client setup: a domain, its cache, its challenge kind.
@@ -359,7 +390,8 @@ struct Validation {
 }
 
 impl Validation {
-    fn start() -> Self {
+    /// Listens for both validations; HTTP-01 requests get `http`.
+    fn start(http_answer: Answer) -> Self {
         let http = TcpListener::bind("127.0.0.1:0").unwrap();
         let tls = TcpListener::bind("127.0.0.1:0").unwrap();
         let validation = Validation {
@@ -370,7 +402,7 @@ impl Validation {
             tls_hits: Arc::new(AtomicUsize::new(0)),
         };
         let (current, hits) = (validation.current.clone(), validation.http_hits.clone());
-        std::thread::spawn(move || accept(http, current, hits, answer_http01));
+        std::thread::spawn(move || accept(http, current, hits, http_answer));
         let (current, hits) = (validation.current.clone(), validation.tls_hits.clone());
         std::thread::spawn(move || accept(tls, current, hits, answer_tls_alpn01));
         validation
@@ -427,6 +459,15 @@ fn answer_http01(mut stream: TcpStream, challenges: &Arc<Challenges>) -> bool {
     };
     let _ = stream.write_all(response.as_bytes());
     found.is_some()
+}
+
+/// Answers 404 whatever the request: an HTTP-01 validation that fails.
+/// Counts every request.
+fn answer_404(mut stream: TcpStream, _: &Arc<Challenges>) -> bool {
+    let mut head = [0u8; 1024];
+    let _ = stream.read(&mut head);
+    let response = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    stream.write_all(response.as_bytes()).is_ok()
 }
 
 /// Runs one handshake with the relay's ACME TLS config; true if it
