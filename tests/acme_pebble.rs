@@ -9,11 +9,13 @@
 //! - Pebble rejects 20 % of nonces as `badNonce`, so the retry is used.
 //!
 //! One order is validated with HTTP-01, another (another domain, another
-//! account) with TLS-ALPN-01; a third client whose HTTP-01 validation
-//! fails backs off and succeeds with TLS-ALPN-01. Each certificate arrives through the channel
-//! and the `mio::Waker`, is served with its intermediate, and verifies
-//! against Pebble's root fetched from its management interface. Then
-//! Pebble is stopped and a new start serves the cached certificate.
+//! account) with TLS-ALPN-01. Each certificate arrives through the
+//! channel and the `mio::Waker`, is served with its intermediate, and
+//! verifies against Pebble's root fetched from its management interface.
+//! Then Pebble is stopped and a new start serves the cached certificate.
+//! A client whose HTTP-01 validation fails backs off and succeeds with
+//! TLS-ALPN-01. A client orders twice with its stored account, and
+//! replaces it once a restarted Pebble has forgotten it.
 //!
 //! Every wait is bounded and fails saying what it waited for. Pebble's
 //! and its DNS server's output are in `$TMPDIR/relay-pebble-<pid>/*.log`.
@@ -111,6 +113,39 @@ fn log_to_stderr() {
     let _ = simple_logger::SimpleLogger::new()
         .with_level(log::LevelFilter::Info)
         .init();
+}
+
+#[test]
+fn a_stored_account_is_reused_and_replaced_once_the_ca_forgot_it() {
+    log_to_stderr();
+    let work = temp_dir("pebble-account");
+    let ca = TestCa::new("pebble https root");
+    let validation = Validation::start(answer_http01);
+    let mut pebble = Pebble::start(&work, &ca, validation.http_port, validation.tls_port);
+    let order = Order::new(&work, "account.relay.test", ChallengeKind::Http01, &pebble);
+    let cache_dir = order.config.cache_dir.clone();
+    let forget_certificate =
+        || std::fs::remove_file(cache::certificate_path(&cache_dir, "account.relay.test")).unwrap();
+    let account = || std::fs::read(cache::account_path(&cache_dir)).unwrap();
+
+    obtain(&order, &validation, &pebble.root(&ca));
+    let first_account = account();
+    forget_certificate();
+    obtain(&order, &validation, &pebble.root(&ca));
+    assert_eq!(
+        account(),
+        first_account,
+        "the stored account was used again"
+    );
+
+    pebble.restart();
+    forget_certificate();
+    obtain(&order, &validation, &pebble.root(&ca));
+    assert_ne!(
+        account(),
+        first_account,
+        "a new account replaced the forgotten one"
+    );
 }
 
 /// One ACME client setup: a domain, its cache, its challenge kind.
@@ -249,6 +284,9 @@ fn wait_listening(port: u16, what: &str, child: &mut Child) {
 struct Pebble {
     pebble: Child,
     dns: Child,
+    work: PathBuf,
+    config_path: PathBuf,
+    dns_port: u16,
     acme_port: u16,
     management_port: u16,
     /// The root of Pebble's own HTTPS certificate (`--acme-ca-root`).
@@ -256,38 +294,14 @@ struct Pebble {
 }
 
 impl Pebble {
+    /// Starts the DNS server, then Pebble validating on `http_port` and
+    /// `tls_port` with HTTPS certificates from `ca`.
     fn start(work: &Path, ca: &TestCa, http_port: u16, tls_port: u16) -> Self {
-        let (dns_port, dns_management) = (free_port(true), free_port(false));
-        let mut dns = spawn(
-            work,
-            "pebble-challtestsrv",
-            &[
-                "-dns01",
-                &format!("127.0.0.1:{dns_port}"),
-                "-management",
-                &format!("127.0.0.1:{dns_management}"),
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-defaultIPv4",
-                "127.0.0.1",
-                "-defaultIPv6",
-                "",
-            ],
-            &[],
-        );
-        wait_listening(dns_management, "pebble-challtestsrv", &mut dns);
-
+        let (dns, dns_port) = start_dns(work);
         let https = ca.issue(&["127.0.0.1", "localhost"]);
-        let (cert, key, https_root) = (
-            work.join("pebble.crt"),
-            work.join("pebble.key"),
-            work.join("root.pem"),
-        );
+        let (cert, key) = (work.join("pebble.crt"), work.join("pebble.key"));
         https.write(&cert, &key);
+        let https_root = work.join("root.pem");
         std::fs::write(&https_root, &ca.root_pem).unwrap();
         let (acme_port, management_port) = (free_port(false), free_port(false));
         let config = serde_json::json!({ "pebble": {
@@ -299,26 +313,26 @@ impl Pebble {
         }});
         let config_path = work.join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let mut pebble = spawn(
-            work,
-            "pebble",
-            &[
-                "-config",
-                config_path.to_str().unwrap(),
-                "-dnsserver",
-                &format!("127.0.0.1:{dns_port}"),
-            ],
-            &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "20")],
-        );
-        wait_listening(acme_port, "pebble", &mut pebble);
-        wait_listening(management_port, "pebble management", &mut pebble);
+        let pebble = spawn_pebble(work, &config_path, dns_port, [acme_port, management_port]);
         Pebble {
             pebble,
             dns,
+            work: work.to_owned(),
+            config_path,
+            dns_port,
             acme_port,
             management_port,
             https_root,
         }
+    }
+
+    /// Stops Pebble and starts it again on the same ports: same directory
+    /// URL, but every account, order and root forgotten.
+    fn restart(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+        let ports = [self.acme_port, self.management_port];
+        self.pebble = spawn_pebble(&self.work, &self.config_path, self.dns_port, ports);
     }
 
     fn directory_url(&self) -> String {
@@ -339,6 +353,43 @@ impl Drop for Pebble {
             let _ = child.wait();
         }
     }
+}
+
+/// `pebble-challtestsrv` as DNS server only: every name is 127.0.0.1.
+fn start_dns(work: &Path) -> (Child, u16) {
+    let (dns_port, management_port) = (free_port(true), free_port(false));
+    let dns_address = format!("127.0.0.1:{dns_port}");
+    let management_address = format!("127.0.0.1:{management_port}");
+    let args = [
+        "-dns01",
+        &dns_address,
+        "-management",
+        &management_address,
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+        "-defaultIPv4",
+        "127.0.0.1",
+        "-defaultIPv6",
+        "",
+    ];
+    let mut dns = spawn(work, "pebble-challtestsrv", &args, &[]);
+    wait_listening(management_port, "pebble-challtestsrv", &mut dns);
+    (dns, dns_port)
+}
+
+/// Pebble with real validation, fast, rejecting 20 % of nonces.
+fn spawn_pebble(work: &Path, config: &Path, dns_port: u16, ports: [u16; 2]) -> Child {
+    let dns = format!("127.0.0.1:{dns_port}");
+    let args = ["-config", config.to_str().unwrap(), "-dnsserver", &dns];
+    let env = [("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "20")];
+    let mut pebble = spawn(work, "pebble", &args, &env);
+    wait_listening(ports[0], "pebble", &mut pebble);
+    wait_listening(ports[1], "pebble management", &mut pebble);
+    pebble
 }
 
 /// Runs `program`; its output goes to `<work>/<program>.log`.

@@ -162,6 +162,17 @@ pub fn load_account(
     Ok(Some(credentials))
 }
 
+/// Removes the account file (the CA does not know the account any more).
+pub fn forget_account(dir: &Path) -> Result<(), AcmeError> {
+    let path = account_path(dir);
+    match fs::remove_file(&path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => {
+            Err(AcmeError::Cache { path, error })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes the account file.
 pub fn store_account(dir: &Path, credentials: &AccountCredentials) -> Result<(), AcmeError> {
     let path = account_path(dir);

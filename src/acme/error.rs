@@ -50,6 +50,20 @@ impl AcmeError {
     }
 }
 
+impl AcmeError {
+    /// Whether the CA no longer knows the stored account (a CA that lost
+    /// its state, a deactivated account): the thread then forgets it and
+    /// creates a new one for the next attempt.
+    pub fn is_account_gone(&self) -> bool {
+        match self {
+            AcmeError::Acme(instant_acme::Error::Api(problem)) => {
+                problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+            }
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for AcmeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -47,8 +47,11 @@ pub(super) async fn account(config: &AcmeConfig) -> Result<Account, AcmeError> {
         Some(root) => Account::builder_with_root(root)?,
         None => Account::builder()?,
     };
-    if let Some(credentials) = cache::load_account(&config.cache_dir, &config.directory_url)? {
-        return Ok(builder.from_credentials(credentials).await?);
+    match cache::load_account(&config.cache_dir, &config.directory_url) {
+        Ok(Some(credentials)) => return Ok(builder.from_credentials(credentials).await?),
+        Ok(None) => {}
+        // A broken file would fail every attempt: make a new account.
+        Err(error) => log::warn!("acme_account_unusable reason=\"{error}\""),
     }
     let contact = config.email.as_ref().map(|email| format!("mailto:{email}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -61,7 +64,11 @@ pub(super) async fn account(config: &AcmeConfig) -> Result<Account, AcmeError> {
         .create(&new_account, config.directory_url.clone(), None)
         .await?;
     cache::store_account(&config.cache_dir, &credentials)?;
-    log::info!("acme_account_created directory={}", config.directory_url);
+    log::info!(
+        "acme_account_created domain={} directory={}",
+        config.domain,
+        config.directory_url
+    );
     Ok(account)
 }
 

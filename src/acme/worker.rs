@@ -154,6 +154,9 @@ impl Worker {
         if error.is_rate_limited() {
             wait = wait.max(RATE_LIMITED_WAIT);
         }
+        if error.is_account_gone() {
+            self.forget_account();
+        }
         log::warn!(
             "acme_order_failed domain={} attempt={} retry_in_seconds={} reason=\"{}\"",
             self.config.domain,
@@ -162,6 +165,16 @@ impl Worker {
             error.to_string().replace('"', "'")
         );
         wait
+    }
+
+    /// Drops the account the CA does not know; the next attempt makes a
+    /// new one.
+    fn forget_account(&mut self) {
+        self.account = None;
+        match cache::forget_account(&self.config.cache_dir) {
+            Ok(()) => log::warn!("acme_account_forgotten domain={}", self.config.domain),
+            Err(error) => log::error!("acme_account_forget_failed reason=\"{error}\""),
+        }
     }
 }
 
