@@ -29,7 +29,7 @@ bench:
 
 # Fuzzing (nightly + `cargo install cargo-fuzz`); see docs/SECURITY.md.
 FUZZ_TIME ?= 60
-FUZZ_TARGETS = http_head ws_frames envelope connection
+FUZZ_TARGETS = http_head ws_frames envelope connection proxy_header
 
 fuzz-build:
 	cd fuzz && $(CARGO) +nightly fuzz build

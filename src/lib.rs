@@ -7,6 +7,7 @@
 //! `mio` poll loop, every socket, the [`registry`] of server-ids and one
 //! [`timer`] wheel, and takes its time from a [`clock`] it is given.
 
+pub mod acme;
 pub mod boot;
 pub mod buffer;
 pub mod cli;
@@ -16,11 +17,13 @@ pub mod envelope;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod push;
 pub mod registry;
 mod relay;
 pub mod settings;
 pub mod timer;
+pub mod tls;
 pub mod transport;
 pub mod ws;
 
