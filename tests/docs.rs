@@ -81,9 +81,15 @@ fn check_span(span: &str, after: &str) -> Result<bool, String> {
         let text = read_source(path)?;
         let found = text.lines().nth(line - 1).unwrap_or("");
         if !found.contains(name) {
+            let definitions = [
+                format!("fn {name}"),
+                format!("struct {name}"),
+                format!("enum {name}"),
+            ];
             let hint = text
                 .lines()
-                .position(|l| l.contains(&format!("fn {name}")) || l.contains(name))
+                .position(|l| definitions.iter().any(|d| l.contains(d.as_str())))
+                .or_else(|| text.lines().position(|l| l.contains(name)))
                 .map_or(String::new(), |at| format!(" (it is on line {})", at + 1));
             return Err(format!("`{span}` does not contain `{name}`{hint}"));
         }
