@@ -185,6 +185,7 @@ impl Args {
         self.check_production(production, &listeners)?;
         let config = Config {
             listen: listeners[0].addr,
+            host: host.clone(),
             ..self.config()
         };
         Ok(Settings {

@@ -50,6 +50,9 @@ pub struct Config {
     pub binary_low_water: usize,
     /// Use the rightmost `X-Forwarded-For` address as the client IP.
     pub trust_x_forwarded_for: bool,
+    /// `--domain`: every request on a WebSocket listener must name this
+    /// `Host` (port stripped, case ignored), or it gets 421.
+    pub host: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             binary_high_water: 1024 * 1024,
             binary_low_water: 256 * 1024,
             trust_x_forwarded_for: false,
+            host: None,
         }
     }
 }

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 /// Most header lines a request head may carry.
 const MAX_HEADERS: usize = 64;
+/// The path prefix of ACME HTTP-01 challenge requests (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The routes of SPEC §2 (exact path, query ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +56,11 @@ pub struct Request {
     pub user_agent_present: bool,
     /// Rightmost address of the last `X-Forwarded-For` header, if it parses.
     pub forwarded_for: Option<IpAddr>,
+    /// The `Host` header (the last one), for the `--domain` check (421).
+    pub host: Option<String>,
+    /// The path (query included), when it asks for an ACME HTTP-01
+    /// challenge (`/.well-known/acme-challenge/…`); not kept otherwise.
+    pub acme_challenge: Option<String>,
 }
 
 /// Result of looking at the bytes received so far.
@@ -89,9 +96,12 @@ pub fn parse_head(bytes: &[u8], max_header_size: usize) -> Head {
 
 impl Request {
     fn from_parsed(parsed: &httparse::Request) -> Request {
-        let path = parsed.path.unwrap_or("");
-        let path = path.split('?').next().unwrap_or("");
+        let full_path = parsed.path.unwrap_or("");
+        let path = full_path.split('?').next().unwrap_or("");
         let mut request = Request {
+            acme_challenge: path
+                .starts_with(ACME_CHALLENGE_PREFIX)
+                .then(|| full_path.to_string()),
             route: Some(match path {
                 "/v1/server" => Route::Server,
                 "/v1/client" => Route::Client,
@@ -125,6 +135,7 @@ impl Request {
             "x-pyrycode-version" => self.pyrycode_version = non_empty(),
             "x-pyrycode-token" => self.token_present |= !value.is_empty(),
             "user-agent" => self.user_agent_present |= !value.is_empty(),
+            "host" => self.host = Some(value.to_string()),
             "x-forwarded-for" => {
                 self.forwarded_for = value
                     .rsplit(',')
@@ -208,6 +219,7 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, extra_headers: &str, body:
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
+        421 => "Misdirected Request",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -319,6 +331,25 @@ mod tests {
         assert!(!is_valid_server_id("slash/"));
         assert!(!is_valid_server_id(&"x".repeat(129)));
         assert!(is_valid_server_id(&"x".repeat(128)));
+    }
+
+    #[test]
+    fn host_and_acme_challenge_paths_are_kept() {
+        let request = request(SERVER_HEAD);
+        assert_eq!(request.host.as_deref(), Some("r"));
+        assert_eq!(request.acme_challenge, None);
+        let challenge =
+            "GET /.well-known/acme-challenge/tok?x=1 HTTP/1.1\r\nHost: relay.example:80\r\n\r\n";
+        let request = super::tests::request(challenge);
+        assert_eq!(request.route, Some(Route::NotFound));
+        assert_eq!(
+            request.acme_challenge.as_deref(),
+            Some("/.well-known/acme-challenge/tok?x=1")
+        );
+        assert_eq!(request.host.as_deref(), Some("relay.example:80"));
+        let mut out = Vec::new();
+        write_response(&mut out, 421, "", "");
+        assert!(out.starts_with(b"HTTP/1.1 421 Misdirected Request\r\n"));
     }
 
     #[test]

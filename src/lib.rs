@@ -29,4 +29,4 @@ pub mod ws;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-pub use relay::{Memory, Relay, Stats};
+pub use relay::{Listen, Memory, Origin, Relay, Stats, MAX_LISTENERS};

@@ -3,14 +3,18 @@
 //! bad flag or configuration).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use log::{error, info, warn};
+use pyrycode_relay::acme::{self, cache_dir, Acme, AcmeConfig, ChallengeKind};
 use pyrycode_relay::boot::{Environment, Privileges};
 use pyrycode_relay::cli::{normalize_args, Args};
 use pyrycode_relay::push::{Push, PushConfig, ServiceAccountKey};
-use pyrycode_relay::settings::{self, Settings, Tls};
-use pyrycode_relay::{Relay, SystemClock};
+use pyrycode_relay::settings::{self, ListenerTls, Role, Settings, Tls};
+use pyrycode_relay::tls::{self, CertResolver};
+use pyrycode_relay::transport::Recipe;
+use pyrycode_relay::{Listen, Origin, Relay, SystemClock};
 
 fn main() -> ExitCode {
     let (settings, push) = match configure() {
@@ -74,25 +78,10 @@ fn parse_args() -> Result<Args, String> {
 /// loop yet: refused after every other check, so the checks are tested
 /// now. Each line goes when its feature lands.
 fn refuse_unbuilt(settings: &Settings) -> Result<(), String> {
-    const BEHIND_A_TERMINATOR: &str =
-        "; serve plain WebSocket with --insecure-listen behind a TLS terminator";
-    let unbuilt = [
-        (
-            settings.tls != Tls::None,
-            "TLS and ACME (--domain, --tls-cert)",
-            BEHIND_A_TERMINATOR,
-        ),
-        (
-            settings.listeners.iter().any(|l| l.proxy_protocol),
-            "the PROXY protocol (--proxy-protocol, --https-proxy-protocol)",
-            BEHIND_A_TERMINATOR,
-        ),
-        (settings.manual_clock, "--manual-clock", ""),
-    ];
-    match unbuilt.iter().find(|(asked, _, _)| *asked) {
-        Some((_, what, hint)) => Err(format!("{what}: not built into this version yet{hint}")),
-        None => Ok(()),
+    if settings.manual_clock {
+        return Err("--manual-clock: not built into this version yet".into());
     }
+    Ok(())
 }
 
 /// Logs go to stderr, one line per event. Dependencies' own trace output
@@ -126,16 +115,66 @@ fn log_settings(settings: &Settings, push: Option<&PushConfig>) {
 }
 
 /// Binds the listeners and runs the loop until a graceful shutdown (0);
-/// a listener that cannot be bound or fails is exit code 1.
+/// a listener that cannot be bound or fails, certificate files that
+/// cannot be used or a certificate cache that is not private is exit
+/// code 1.
 fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
-    let listen = settings.config.listen;
-    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
+    let mut relay = match Relay::unbound(settings.config.clone(), Box::new(SystemClock)) {
         Ok(relay) => relay,
         Err(err) => {
-            error!("listen_failed addr={listen} error={err}");
+            error!("loop_failed error={err}");
             return ExitCode::from(1);
         }
     };
+    let certificates = match certificates(&settings, &relay) {
+        Ok(certificates) => certificates,
+        Err(reason) => {
+            error!("tls_failed reason=\"{reason}\"");
+            return ExitCode::from(1);
+        }
+    };
+    let server_config = certificates
+        .as_ref()
+        .map(|(resolver, _)| tls::server_config(resolver.clone()));
+    for listener in &settings.listeners {
+        let listen = Listen {
+            addr: listener.addr,
+            origin: match listener.role {
+                Role::WebSocket => Origin::WebSocket,
+                Role::AcmeHttp01 => Origin::AcmeHttp01,
+            },
+            recipe: Recipe {
+                proxy_protocol: listener.proxy_protocol,
+                tls: match listener.tls {
+                    ListenerTls::None => None,
+                    ListenerTls::StaticFiles | ListenerTls::Acme => server_config.clone(),
+                },
+            },
+        };
+        match relay.listen(listen) {
+            Ok(bound) => info!(
+                "listening addr={bound} serves={} tls={} proxy_protocol={} version={}",
+                match listener.role {
+                    Role::WebSocket => "websocket",
+                    Role::AcmeHttp01 => "acme_http01",
+                },
+                match listener.tls {
+                    ListenerTls::None => "off",
+                    ListenerTls::StaticFiles => "files",
+                    ListenerTls::Acme => "acme",
+                },
+                listener.proxy_protocol,
+                env!("CARGO_PKG_VERSION")
+            ),
+            Err(err) => {
+                error!("listen_failed addr={} error={err}", listener.addr);
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some((resolver, acme)) = certificates {
+        relay.serve_certificates(resolver, acme);
+    }
     if let Some(config) = push {
         if let Err(err) = Push::new(config).and_then(|push| {
             relay
@@ -156,11 +195,6 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
         error!("signals_failed error={err}");
         return ExitCode::from(1);
     }
-    info!(
-        "listening addr={} version={}",
-        relay.local_addr(),
-        env!("CARGO_PKG_VERSION")
-    );
     match relay.run() {
         Ok(()) => {
             info!("shutdown_complete");
@@ -173,10 +207,66 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
     }
 }
 
+/// Where the TLS listeners' certificates come from: the resolver their
+/// config asks, and the ACME thread that renews it, if any.
+type Certificates = (Arc<CertResolver>, Option<Acme>);
+
+/// The TLS listeners' certificates: the files of `--tls-cert` and
+/// `--tls-key`, or ACME for `--domain` (its cache directory checked, its
+/// thread started, waking `relay`'s loop). `None` in plain mode.
+fn certificates(
+    settings: &Settings,
+    relay: &Relay,
+) -> Result<Option<Certificates>, String> {
+    match &settings.tls {
+        Tls::None => Ok(None),
+        Tls::Files { cert, key } => {
+            let resolver = CertResolver::from_files(cert.clone(), key.clone())
+                .map_err(|err| err.to_string())?;
+            info!(
+                "tls_certificate_loaded cert={} key={}",
+                cert.display(),
+                key.display()
+            );
+            Ok(Some((Arc::new(resolver), None)))
+        }
+        Tls::Acme(config) => {
+            let prepared = cache_dir::prepare(&config.cache_dir).map_err(|err| err.to_string())?;
+            info!(
+                "acme_cache_dir dir={} {}",
+                config.cache_dir.display(),
+                match prepared {
+                    cache_dir::Prepared::Created => "created=1".to_string(),
+                    cache_dir::Prepared::Tightened { was } => format!("tightened_from={was:04o}"),
+                    cache_dir::Prepared::Unchanged => "unchanged=1".to_string(),
+                }
+            );
+            let http_listener = settings
+                .listeners
+                .iter()
+                .any(|l| l.role == Role::AcmeHttp01);
+            let acme_config = AcmeConfig {
+                domain: config.domain.clone(),
+                cache_dir: config.cache_dir.clone(),
+                directory_url: config.directory_url.clone(),
+                email: config.email.clone(),
+                ca_root: config.ca_root.clone(),
+                challenge_kinds: ChallengeKind::for_listeners(http_listener),
+                backoff: acme::Backoff::default(),
+            };
+            let acme = Acme::start(acme_config, relay.waker())
+                .map_err(|err| format!("cannot start the ACME thread: {err}"))?;
+            let resolver =
+                CertResolver::for_acme(acme.challenges().clone(), acme.cached_certificate());
+            Ok(Some((Arc::new(resolver), Some(acme))))
+        }
+    }
+}
+
 /// `systemctl reload` (the unit's `ExecReload`) sends SIGHUP, whose default
-/// action ends the process. Nothing is reloadable yet (the TLS files will
-/// be, once the loop serves TLS and reloads them on SIGHUP): until then
-/// a reload must leave the relay running.
+/// action ends the process. With certificate files the loop takes SIGHUP
+/// over and reloads them (`Relay::handle_signals`); otherwise there is
+/// nothing to reload, and a reload must leave the relay running.
 fn ignore_sighup() {
     // SAFETY: SIG_IGN as the disposition of SIGHUP; no handler runs.
     unsafe {

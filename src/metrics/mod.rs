@@ -127,11 +127,13 @@ pub enum HttpRefusal {
     BadUpgrade,
     /// 426: `Sec-WebSocket-Version` is not 13.
     BadVersion,
+    /// 421: the `Host` is not the `--domain`.
+    Misdirected,
 }
 
 impl HttpRefusal {
     /// Every refusal, in exposition order.
-    pub const ALL: [HttpRefusal; 9] = [
+    pub const ALL: [HttpRefusal; 10] = [
         HttpRefusal::MaxConnections,
         HttpRefusal::RateLimit,
         HttpRefusal::PerIpConnections,
@@ -141,6 +143,7 @@ impl HttpRefusal {
         HttpRefusal::Headers,
         HttpRefusal::BadUpgrade,
         HttpRefusal::BadVersion,
+        HttpRefusal::Misdirected,
     ];
 
     /// The `reason` label value.
@@ -155,6 +158,7 @@ impl HttpRefusal {
             HttpRefusal::Headers => "headers",
             HttpRefusal::BadUpgrade => "bad_upgrade",
             HttpRefusal::BadVersion => "bad_version",
+            HttpRefusal::Misdirected => "misdirected",
         }
     }
 
@@ -167,6 +171,7 @@ impl HttpRefusal {
             HttpRefusal::HandshakeTimeout => 408,
             HttpRefusal::MalformedHead | HttpRefusal::Headers | HttpRefusal::BadUpgrade => 400,
             HttpRefusal::BadVersion => 426,
+            HttpRefusal::Misdirected => 421,
         }
     }
 }

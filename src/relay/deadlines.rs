@@ -109,16 +109,22 @@ impl Relay {
         self.arm(handle);
     }
 
-    /// The deadlines that end a connection outright: handshake (408),
-    /// close handshake, output stall. Returns whether one fired.
+    /// The deadlines that end a connection outright: handshake (408, or,
+    /// before the PROXY header or the TLS handshake is complete, a close
+    /// with nothing written: the peer has not spoken HTTP), close
+    /// handshake, output stall. Returns whether one fired.
     fn fire_endings(&mut self, handle: Handle, now: Instant) -> bool {
         let Some(conn) = self.conns.get(handle) else {
             return true;
         };
         let d = &conn.deadlines;
         if due(d.handshake, now) {
-            debug!("handshake_timeout remote={}", conn.remote);
-            self.refuse_head(handle, HttpRefusal::HandshakeTimeout);
+            let stage = conn.transport.stage();
+            debug!("handshake_timeout remote={} stage={stage}", conn.remote);
+            match conn.transport.is_established() {
+                true => self.refuse_head(handle, HttpRefusal::HandshakeTimeout),
+                false => self.vanish(handle),
+            }
             return true;
         }
         if due(d.close, now) || due(d.stall, now) {

@@ -1,13 +1,14 @@
 //! The turn of the loop: poll, dispatch each readiness event, read what
 //! was resumed, fire due timers, flush once. Also accepting connections
-//! (with a back-off when out of descriptors), signals and the start of a
-//! graceful shutdown.
+//! (with a back-off when out of descriptors), signals, the helpers' waker
+//! and the start of a graceful shutdown.
 //!
 //! ```text
 //! Relay::turn
 //!  1. poll(timeout = next deadline | 0 with the manual clock)
 //!  2. for each event:  listener → accept until WouldBlock (or back off)
-//!                      signal   → shutdown
+//!                      signal   → shutdown (SIGTERM, SIGINT), reload (SIGHUP)
+//!                      waker    → push outcomes, ACME certificates
 //!                      socket   → flush if writable; read if readable
 //!  3. read every connection on the resume list
 //!  4. fire the due timers
@@ -23,17 +24,16 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::deadlines::TimerKey;
-use super::lifecycle::{Conn, Origin};
+use super::lifecycle::Conn;
 use super::Relay;
-use crate::transport::Transport;
+use crate::proxy_protocol::HEADER_DEADLINE;
 
-/// Tokens of the sockets that are not connections (connection tokens stay
-/// below `usize::MAX - 16`, see `conns.rs`).
-pub(super) const LISTENER: Token = Token(usize::MAX);
-pub(super) const METRICS_LISTENER: Token = Token(usize::MAX - 1);
-pub(super) const SIGNALS: Token = Token(usize::MAX - 2);
-/// The push workers' waker: outcomes are waiting.
-pub(super) const PUSH: Token = Token(usize::MAX - 3);
+/// Tokens that are neither connections (below `usize::MAX - 16`, see
+/// `conns.rs`) nor listeners (the top [`super::MAX_LISTENERS`], see
+/// `listeners.rs`).
+pub(super) const SIGNALS: Token = Token(usize::MAX - 8);
+/// The loop's waker: push outcomes or ACME certificates are waiting.
+pub(super) const WAKER: Token = Token(usize::MAX - 9);
 
 /// How long accepting pauses after `accept` failed (EMFILE, ENFILE, ...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -96,10 +96,16 @@ impl Relay {
 
     fn dispatch(&mut self, event: Readiness) {
         match event.token {
-            LISTENER => self.accept(Origin::Public),
-            METRICS_LISTENER => self.accept(Origin::Metrics),
             SIGNALS => self.on_signal(),
-            PUSH => self.on_wake_outcomes(),
+            WAKER => {
+                self.on_wake_outcomes();
+                self.on_acme_events();
+            }
+            token if self.listeners.index_of(token).is_some() => {
+                if let Some(index) = self.listeners.index_of(token) {
+                    self.accept(index);
+                }
+            }
             token => {
                 let Some(handle) = self.conns.by_token(token) else {
                     return; // a connection dropped earlier in this turn
@@ -119,27 +125,35 @@ impl Relay {
     }
 
     fn on_signal(&mut self) {
-        let received = self
-            .signals
-            .as_mut()
-            .is_some_and(|signals| signals.pending().next().is_some());
-        if received {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let (mut reload, mut stop) = (false, false);
+        for signal in signals.pending() {
+            match signal {
+                signal_hook::consts::SIGHUP => reload = true,
+                _ => stop = true,
+            }
+        }
+        if reload {
+            self.reload_certificates();
+        }
+        if stop {
             self.shutdown();
         }
     }
 
-    fn accept(&mut self, origin: Origin) {
+    /// Accepts what waits on the listener at `index`.
+    fn accept(&mut self, index: usize) {
         if self.accept_paused {
             return;
         }
         loop {
-            let listener = match origin {
-                Origin::Public => self.listener.as_ref(),
-                Origin::Metrics => self.metrics_listener.as_ref(),
+            let Some(listener) = self.listeners.get(index) else {
+                return;
             };
-            let Some(listener) = listener else { return };
-            match listener.accept() {
-                Ok((stream, remote)) => self.admit(stream, remote, origin),
+            match listener.socket.accept() {
+                Ok((stream, remote)) => self.admit(stream, remote, index),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return,
                 Err(err)
                     if matches!(
@@ -172,8 +186,10 @@ impl Relay {
     /// The back-off is over: accept whatever waits in the backlog.
     pub(super) fn resume_accepting(&mut self) {
         self.accept_paused = false;
-        self.accept(Origin::Public);
-        self.accept(Origin::Metrics);
+        let indexes: Vec<usize> = self.listeners.indexes().collect();
+        for index in indexes {
+            self.accept(index);
+        }
         if !self.accept_paused && self.accept_pauses > 0 {
             info!(
                 "accept_resumed pauses={} connections={}",
@@ -184,12 +200,24 @@ impl Relay {
         }
     }
 
-    /// A new connection: a table entry, `READABLE` interest, and the
-    /// handshake deadline.
-    fn admit(&mut self, stream: TcpStream, remote: SocketAddr, origin: Origin) {
+    /// A new connection: its transport (PROXY header, TLS, or plain), a
+    /// table entry, `READABLE` interest, and the handshake deadline — at
+    /// most [`HEADER_DEADLINE`] away while a PROXY header is awaited.
+    fn admit(&mut self, stream: TcpStream, remote: SocketAddr, index: usize) {
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
-        let handshake = self.clock.now() + self.config.handshake_timeout;
-        let transport = Transport::Plain(stream);
+        let (origin, proxied) = (listener.origin, listener.recipe.proxy_protocol);
+        let transport = match listener.recipe.start(stream) {
+            Ok(transport) => transport,
+            Err(err) => return warn!("accept_refused remote={remote} error={err}"),
+        };
+        let now = self.clock.now();
+        let mut handshake = now + self.config.handshake_timeout;
+        if proxied {
+            handshake = handshake.min(now + HEADER_DEADLINE);
+        }
         let Some(handle) = self
             .conns
             .insert(|handle| Conn::accepted(handle.id(), transport, origin, remote, handshake))
@@ -220,12 +248,8 @@ impl Relay {
             return;
         }
         info!("shutdown_started connections={}", self.conns.len());
-        for mut listener in [self.listener.take(), self.metrics_listener.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
+        self.listeners.close_all(self.poll.registry());
+        self.stop_acme();
         let until = self.clock.now() + self.config.drain_timeout;
         self.drain_until = Some(until);
         self.timers.schedule(until, TimerKey::Drain);

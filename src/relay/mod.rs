@@ -8,6 +8,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `event_loop.rs` | the turn: poll, dispatch, accept, signals, shutdown |
+//! | `listeners.rs` | the listener table: roles, transport recipes, tokens |
 //! | `conns.rs` | the connection table, handles, the flush and resume lists |
 //! | `lifecycle.rs` | a connection's state, every phase change, every ending |
 //! | `read.rs` | socket → scratch → request head or WebSocket reader → handlers |
@@ -17,13 +18,16 @@
 //! | `deadlines.rs` | the timer wheel's entries and what each deadline does |
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
 //! | `wakes.rs` | push wakes: admitting a binary's `push_wake`, counting outcomes |
+//! | `certs.rs` | TLS certificates: SIGHUP reloads, ACME renewals, HTTP-01 answers |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
+mod certs;
 mod conns;
 mod deadlines;
 mod event_loop;
 mod lifecycle;
+mod listeners;
 mod read;
 mod routing;
 mod slot;
@@ -33,10 +37,10 @@ mod write;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll};
+use mio::{Events, Interest, Poll, Waker};
 
 use crate::clock::Clock;
 use crate::config::{Config, READ_CHUNK};
@@ -45,9 +49,12 @@ use crate::metrics::Metrics;
 use crate::push::Push;
 use crate::registry::Registry;
 use crate::timer::TimerWheel;
+use certs::Certificates;
 use conns::{Conns, Handle};
 use deadlines::{TimerKey, SWEEP_INTERVAL};
-use event_loop::{Readiness, LISTENER, METRICS_LISTENER, SIGNALS};
+use event_loop::{Readiness, SIGNALS, WAKER};
+use listeners::Listeners;
+pub use listeners::{Listen, Origin, MAX_LISTENERS};
 
 /// A snapshot of the loop's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,10 +105,11 @@ pub struct Relay {
     poll: Poll,
     events: Events,
     ready: Vec<Readiness>,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// The loop's one waker (mio allows one per poll): helper threads
+    /// (push workers, ACME) wake the loop through it.
+    waker: Arc<Waker>,
     conns: Conns,
     registry: Registry<Handle>,
     limits: IpLimits,
@@ -115,6 +123,9 @@ pub struct Relay {
     counts: Counts,
     /// Push wakes, when configured (`enable_push`).
     push: Option<Push>,
+    /// The TLS listeners' certificates, when there are any
+    /// (`serve_certificates`).
+    certs: Option<Certificates>,
     /// Set once shutdown has begun: when the drain ends.
     drain_until: Option<Instant>,
     /// Listener events are ignored until the `AcceptBackoff` timer fires.
@@ -124,15 +135,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Binds the WebSocket listener of `config` and builds an idle loop
-    /// whose time comes from `clock`.
+    /// Binds a plain WebSocket listener on `config.listen` and builds an
+    /// idle loop whose time comes from `clock`.
     pub fn new(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
+        let listen = Listen::plain(config.listen);
+        let mut relay = Relay::unbound(config, clock)?;
+        relay.listen(listen)?;
+        Ok(relay)
+    }
+
+    /// An idle loop with no listener yet (add them with [`Relay::listen`]).
+    pub fn unbound(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        deepen_backlog(&listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let local_addr = listener.local_addr()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = clock.now();
         let mut timers = TimerWheel::new(now);
         timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
@@ -144,10 +159,9 @@ impl Relay {
             poll,
             events: Events::with_capacity(1024),
             ready: Vec::with_capacity(1024),
-            listener: Some(listener),
-            local_addr,
-            metrics_listener: None,
+            listeners: Listeners::default(),
             signals: None,
+            waker,
             conns: Conns::default(),
             registry: Registry::default(),
             timers,
@@ -157,10 +171,17 @@ impl Relay {
             metrics: Metrics::default(),
             counts: Counts::default(),
             push: None,
+            certs: None,
             drain_until: None,
             accept_paused: false,
             accept_pauses: 0,
         })
+    }
+
+    /// Opens a listener; returns the address it is bound to. At most
+    /// [`MAX_LISTENERS`].
+    pub fn listen(&mut self, listen: Listen) -> std::io::Result<SocketAddr> {
+        self.listeners.open(self.poll.registry(), listen)
     }
 
     /// Serves `/metrics` on `addr` (which must be a loopback address).
@@ -171,21 +192,27 @@ impl Relay {
                 "the metrics listener must be a loopback address",
             ));
         }
-        let mut listener = TcpListener::bind(addr)?;
-        self.poll
-            .registry()
-            .register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
-        let bound = listener.local_addr()?;
-        self.metrics_listener = Some(listener);
-        Ok(bound)
+        self.listen(Listen {
+            origin: Origin::Metrics,
+            ..Listen::plain(addr)
+        })
     }
 
-    /// Turns SIGTERM and SIGINT into a graceful shutdown.
+    /// The loop's waker, for a helper thread that must wake it (the ACME
+    /// thread): its events are drained whenever it fires.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Turns SIGTERM and SIGINT into a graceful shutdown, and SIGHUP into
+    /// a reload of the certificate files when there are any (otherwise
+    /// SIGHUP keeps the disposition it had: `main` ignores it).
     pub fn handle_signals(&mut self) -> std::io::Result<()> {
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-        ])?;
+        let mut wanted = vec![signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT];
+        if self.certs.as_ref().is_some_and(Certificates::reloadable) {
+            wanted.push(signal_hook::consts::SIGHUP);
+        }
+        let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -193,9 +220,12 @@ impl Relay {
         Ok(())
     }
 
-    /// The address the WebSocket listener is bound to.
+    /// The address the first WebSocket listener is bound to
+    /// (`0.0.0.0:0` if there is none).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners
+            .addr_of(Origin::WebSocket)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Counters of the loop right now.
@@ -219,6 +249,8 @@ impl Relay {
             memory.queued_output += queued;
             memory.largest_queue = memory.largest_queue.max(queued);
             memory.allocated += conn.out.as_ref().map_or(0, |out| out.capacity());
+            memory.partial_input += conn.transport.partial_input();
+            memory.allocated += conn.transport.bytes_held();
             if let Some(head) = conn.head() {
                 memory.partial_input += head.len();
                 memory.allocated += head.capacity();
@@ -248,14 +280,4 @@ impl Relay {
     pub fn is_finished(&self) -> bool {
         self.drain_until.is_some() && self.conns.is_empty()
     }
-}
-
-/// mio listens with a backlog of 128; a burst of reconnecting phones
-/// (every phone of a restarted relay at once) overflows that. Listening
-/// again on a listening socket only changes its backlog (the kernel caps
-/// it at `net.core.somaxconn`).
-fn deepen_backlog(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) on a descriptor we own; failure leaves the old backlog.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
 }
