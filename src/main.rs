@@ -214,10 +214,7 @@ type Certificates = (Arc<CertResolver>, Option<Acme>);
 /// The TLS listeners' certificates: the files of `--tls-cert` and
 /// `--tls-key`, or ACME for `--domain` (its cache directory checked, its
 /// thread started, waking `relay`'s loop). `None` in plain mode.
-fn certificates(
-    settings: &Settings,
-    relay: &Relay,
-) -> Result<Option<Certificates>, String> {
+fn certificates(settings: &Settings, relay: &Relay) -> Result<Option<Certificates>, String> {
     match &settings.tls {
         Tls::None => Ok(None),
         Tls::Files { cert, key } => {

@@ -265,27 +265,29 @@ impl TlsLayer {
         }
     }
 
-    /// A fatal error: encode the alert rustls queued (the loop writes it),
-    /// and discard all input from now on.
+    /// A fatal error: encode what rustls queued (the alert, and whatever
+    /// the failing step queued before it, e.g. a ServerHello), for the loop
+    /// to write; discard all input from now on.
+    ///
+    /// rustls hands out what it queued before it looks at input again, so
+    /// each call while it `wants_write` gives one queued record; calling
+    /// once more would parse the failed record again.
     fn fail(&mut self, rest: &mut [u8], pool: &mut BufferPool) {
         self.phase = Phase::Failed;
-        let mut at = 0;
         for _ in 0..MAX_STEPS {
-            let status = self.conn.process_tls_records(&mut rest[at..]);
-            let discard = status.discard;
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let encoded = self
-                        .output
-                        .append(pool, 0, |room| data.encode(room).map_err(encode_shortfall));
-                    if encoded.is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                _ => break,
+            if !self.conn.wants_write() {
+                break;
             }
-            at += discard;
+            let status = self.conn.process_tls_records(rest);
+            let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state else {
+                break;
+            };
+            let encoded = self
+                .output
+                .append(pool, 0, |room| data.encode(room).map_err(encode_shortfall));
+            if encoded.is_err() {
+                break;
+            }
         }
         if let Some(input) = self.input.take() {
             pool.put(input);
