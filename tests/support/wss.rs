@@ -43,6 +43,8 @@ pub struct TlsClient {
     pub error: Option<rustls::Error>,
     /// Raw bytes read after a failure (nothing is decrypted then).
     raw_after_error: usize,
+    /// A preface to send in the same write as the ClientHello.
+    preface: Vec<u8>,
 }
 
 impl TlsClient {
@@ -55,9 +57,26 @@ impl TlsClient {
         sni: &str,
         preface: &[u8],
     ) -> TlsClient {
-        let mut tcp = TcpStream::connect(addr).expect("connect");
+        let mut client = TlsClient::connect_with_hello(h, addr, config, sni, b"");
+        client.tcp.set_nonblocking(false).unwrap();
+        client.tcp.write_all(preface).unwrap();
+        client.tcp.set_nonblocking(true).unwrap();
+        h.settle();
+        client
+    }
+
+    /// Like [`TlsClient::connect`], but the preface goes out in one write
+    /// with the ClientHello (a load balancer that forwards the client's
+    /// first segment with its header).
+    pub fn connect_with_hello(
+        h: &mut Harness,
+        addr: SocketAddr,
+        config: &Arc<ClientConfig>,
+        sni: &str,
+        preface: &[u8],
+    ) -> TlsClient {
+        let tcp = TcpStream::connect(addr).expect("connect");
         tcp.set_nodelay(true).unwrap();
-        tcp.write_all(preface).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let name = ServerName::try_from(sni.to_owned()).unwrap();
         let tls = ClientConnection::new(config.clone(), name).unwrap();
@@ -71,6 +90,7 @@ impl TlsClient {
             close_notify: false,
             error: None,
             raw_after_error: 0,
+            preface: preface.to_vec(),
         }
     }
 
@@ -99,6 +119,15 @@ impl TlsClient {
     /// Writes what rustls has to send, reads what the socket has, and
     /// decrypts it.
     fn pump(&mut self) {
+        if !self.preface.is_empty() {
+            let mut first = std::mem::take(&mut self.preface);
+            while self.tls.wants_write() {
+                self.tls.write_tls(&mut first).unwrap();
+            }
+            self.tcp.set_nonblocking(false).unwrap();
+            self.tcp.write_all(&first).unwrap();
+            self.tcp.set_nonblocking(true).unwrap();
+        }
         while self.tls.wants_write() {
             match self.tls.write_tls(&mut self.tcp) {
                 Ok(_) => {}
