@@ -359,3 +359,84 @@ impl Source for Transport {
         self.stream.deregister(registry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A connected pair: the relay's end as a mio stream, and the peer's.
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(ours), peer)
+    }
+
+    /// Reads until something other than "again" or "would block" comes.
+    fn read_until_data(transport: &mut Transport, buf: &mut [u8]) -> Input {
+        let mut pool = BufferPool::default();
+        for _ in 0..10_000 {
+            match transport.read(buf, &mut pool) {
+                Input::Again | Input::WouldBlock => std::thread::yield_now(),
+                other => return other,
+            }
+        }
+        panic!("nothing arrived");
+    }
+
+    #[test]
+    fn a_plain_connection_is_movable_and_established_at_once() {
+        let (stream, _peer) = pair();
+        let transport = Recipe::plain().start(stream).unwrap();
+        assert!(transport.is_movable() && transport.is_established());
+        assert_eq!((transport.stage(), transport.bytes_held()), ("http", 0));
+    }
+
+    #[test]
+    fn after_its_header_a_proxied_plain_connection_is_plain_again() {
+        let (stream, mut peer) = pair();
+        let recipe = Recipe {
+            proxy_protocol: true,
+            tls: None,
+        };
+        let mut transport = recipe.start(stream).unwrap();
+        assert!(!transport.is_movable() && !transport.is_established());
+        assert_eq!(transport.stage(), "proxy_header");
+        let source: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+        let mut bytes = crate::proxy_protocol::encode(source, "10.0.0.1:80".parse().unwrap(), &[]);
+        bytes.extend_from_slice(b"GET /");
+        peer.write_all(&bytes).unwrap();
+        let mut buf = vec![0; crate::config::READ_CHUNK];
+        match read_until_data(&mut transport, &mut buf) {
+            Input::Data { len, .. } => assert_eq!(&buf[..len], b"GET /"),
+            other => panic!("{other:?}"),
+        }
+        assert!(transport.is_established());
+        assert_eq!(transport.take_source(), Some(source));
+        assert_eq!(transport.take_source(), None, "given once");
+        assert!(transport.is_movable(), "a plain socket again");
+        assert_eq!(transport.bytes_held(), 0);
+    }
+
+    #[test]
+    fn a_tls_connection_is_not_movable() {
+        let resolver = Arc::new(crate::tls::CertResolver::for_acme(
+            Arc::new(crate::acme::Challenges::default()),
+            None,
+        ));
+        let (stream, _peer) = pair();
+        let recipe = Recipe {
+            proxy_protocol: false,
+            tls: Some(crate::tls::server_config(resolver)),
+        };
+        let transport = recipe.start(stream).unwrap();
+        assert!(transport.is_tls() && !transport.is_movable() && !transport.is_established());
+        assert_eq!(transport.stage(), "tls_handshake");
+        assert!(
+            !transport.holds_buffers(),
+            "no buffer before a byte arrives"
+        );
+    }
+}
