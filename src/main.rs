@@ -136,6 +136,7 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
     let server_config = certificates
         .as_ref()
         .map(|(resolver, _)| tls::server_config(resolver.clone()));
+    let mut listening = Vec::new();
     for listener in &settings.listeners {
         let listen = Listen {
             addr: listener.addr,
@@ -152,20 +153,7 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
             },
         };
         match relay.listen(listen) {
-            Ok(bound) => info!(
-                "listening addr={bound} serves={} tls={} proxy_protocol={} version={}",
-                match listener.role {
-                    Role::WebSocket => "websocket",
-                    Role::AcmeHttp01 => "acme_http01",
-                },
-                match listener.tls {
-                    ListenerTls::None => "off",
-                    ListenerTls::StaticFiles => "files",
-                    ListenerTls::Acme => "acme",
-                },
-                listener.proxy_protocol,
-                env!("CARGO_PKG_VERSION")
-            ),
+            Ok(bound) => listening.push((bound, listener)),
             Err(err) => {
                 error!("listen_failed addr={} error={err}", listener.addr);
                 return ExitCode::from(1);
@@ -195,6 +183,10 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
         error!("signals_failed error={err}");
         return ExitCode::from(1);
     }
+    // Last: a supervisor that waits for these lines may signal at once.
+    for (bound, listener) in listening {
+        log_listening(bound, listener);
+    }
     match relay.run() {
         Ok(()) => {
             info!("shutdown_complete");
@@ -205,6 +197,24 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `listening addr=… serves=… tls=… proxy_protocol=… version=…`.
+fn log_listening(bound: std::net::SocketAddr, listener: &settings::Listener) {
+    let serves = match listener.role {
+        Role::WebSocket => "websocket",
+        Role::AcmeHttp01 => "acme_http01",
+    };
+    let tls = match listener.tls {
+        ListenerTls::None => "off",
+        ListenerTls::StaticFiles => "files",
+        ListenerTls::Acme => "acme",
+    };
+    info!(
+        "listening addr={bound} serves={serves} tls={tls} proxy_protocol={} version={}",
+        listener.proxy_protocol,
+        env!("CARGO_PKG_VERSION")
+    );
 }
 
 /// Where the TLS listeners' certificates come from: the resolver their
