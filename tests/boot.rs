@@ -547,7 +547,14 @@ fn valid_tls_acme_and_proxy_settings_start() {
     // Nothing listens on port 9: ACME's first order fails and backs off.
     let dead_ca = "https://127.0.0.1:9/dir";
     for args in [
-        &["--tls-cert", &cert, "--tls-key", &key, "--https-listen", "127.0.0.1:0"][..],
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--https-listen",
+            "127.0.0.1:0",
+        ][..],
         &[
             "--tls-cert",
             &cert,
@@ -573,7 +580,11 @@ fn valid_tls_acme_and_proxy_settings_start() {
         ],
         &["--insecure-listen", "127.0.0.1:0", "--proxy-protocol"],
     ] {
-        let args: Vec<&str> = args.iter().chain(&["--metrics-listen", ""]).copied().collect();
+        let args: Vec<&str> = args
+            .iter()
+            .chain(&["--metrics-listen", ""])
+            .copied()
+            .collect();
         starts(&[], &args);
     }
 }

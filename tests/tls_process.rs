@@ -184,7 +184,7 @@ fn certificate_files_that_cannot_be_used_stop_the_start_with_exit_1() {
 
 /// ACME flags that start the relay without reaching any CA: nothing
 /// listens on port 9 of loopback, so the first order fails and backs off.
-fn acme_args<'a>(cache: &'a str) -> Vec<&'a str> {
+fn acme_args(cache: &str) -> Vec<&str> {
     vec![
         "--domain",
         "relay.test",

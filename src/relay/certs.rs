@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use log::{debug, info, warn};
+use log::{info, warn};
 
 use super::conns::Handle;
 use super::Relay;
@@ -77,7 +77,7 @@ impl Relay {
             return;
         };
         while let Some(AcmeEvent::Certificate(certified)) = acme.try_recv() {
-            debug!("tls_certificate_installed source=acme");
+            info!("tls_certificate_installed source=acme");
             certs.resolver.set_certificate(certified);
         }
     }

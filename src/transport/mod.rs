@@ -363,7 +363,6 @@ impl Source for Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     /// A connected pair: the relay's end as a mio stream, and the peer's.
     fn pair() -> (TcpStream, std::net::TcpStream) {
