@@ -13,7 +13,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pyrycode_relay::{Config, Memory};
+use pyrycode_relay::buffer::MAX_POOLED_BYTES;
+use pyrycode_relay::config::{Config, READ_CHUNK};
+use pyrycode_relay::Memory;
 
 /// The real binary, started with `RLIMIT_NOFILE` of `limit` (soft and
 /// hard, so the start-up raise cannot lift it), its log lines on a channel.
@@ -185,12 +187,11 @@ fn out_of_descriptors_accepting_pauses_without_spinning_and_resumes() {
 /// docs/SECURITY.md, "Worst-case memory": what one connection can make the
 /// relay hold, in accounted bytes, with `config`.
 fn per_connection_worst_case(config: &Config) -> usize {
-    const SCRATCH: usize = 64 * 1024;
+    // The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
     const MAX_HEADER: usize = 14;
-    let read_limit =
-        config.phone_backlog.max(config.binary_high_water) + config.max_message_size + SCRATCH;
-    let output = read_limit + 131 + 127; // one pong past the limit, a close frame
-    let partial = config.max_message_size + MAX_HEADER + SCRATCH;
+    // One pong past the limit, a close frame.
+    let output = config.output_read_limit() + 131 + 127;
+    let partial = config.max_message_size + MAX_HEADER + READ_CHUNK;
     let reassembly = config.max_message_size;
     output + partial + reassembly
 }
@@ -272,7 +273,7 @@ fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_c
     // Allocated bytes: queues may hold up to twice their unsent bytes
     // (sent bytes are dropped lazily) and Vec growth doubles again;
     // the idle pool and the scratch buffer are global.
-    let global = pyrycode_relay::buffer::MAX_POOLED_BYTES + 64 * 1024;
+    let global = MAX_POOLED_BYTES + READ_CHUNK;
     assert!(worst.allocated <= 4 * bound + global, "{worst:?}");
     // The tight bounds by role: the binary's queue stops one message past
     // high water; a phone is closed before its queue passes its backlog.
@@ -286,7 +287,7 @@ fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_c
 /// The read-pause limit plus one pong: no queue of one connection goes
 /// further.
 fn output_bound(config: &Config) -> usize {
-    config.phone_backlog.max(config.binary_high_water) + config.max_message_size + 64 * 1024 + 131
+    config.output_read_limit() + 131
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use pyrycode_relay::Config;
+use pyrycode_relay::config::{Config, READ_CHUNK};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -34,12 +34,6 @@ fn send_until_stuck(h: &mut Harness, client: &mut Client, bytes: &[u8]) -> usize
     }
     h.settle();
     at
-}
-
-/// The relay's read-pause limit for a connection's own output queue with
-/// `config` (see `src/relay/io.rs: output_read_limit`).
-fn output_read_limit(config: &Config) -> usize {
-    config.phone_backlog.max(config.binary_high_water) + config.max_message_size + 64 * 1024
 }
 
 fn expect_close_code(h: &mut Harness, client: &mut Client, code: u16) {
@@ -286,7 +280,7 @@ fn invalid_utf8_in_text_is_closed_1007() {
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     let mut h = Harness::new();
-    let limit = output_read_limit(&Config::default());
+    let limit = Config::default().output_read_limit();
     let (mut binary, mut sibling, sibling_id) = pair(&mut h, "pings");
     let mut flooder = h.phone("pings");
     flooder.set_relay_send_buffer(4096);
@@ -307,7 +301,7 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     let memory = h.relay.memory();
     // …once the pongs it owes passed its read-pause limit.
     assert!(
-        memory.largest_queue > limit - 64 * 1024,
+        memory.largest_queue > limit - READ_CHUNK,
         "never reached the limit: {memory:?}"
     );
     assert!(memory.largest_queue <= limit + 1024, "{memory:?}");
@@ -431,7 +425,7 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
     assert!(peak <= bound, "{peak} bytes queued for the binary");
     let memory = h.relay.memory();
     assert!(
-        memory.partial_input <= 16 * (64 * 1024 + config.max_message_size + 14),
+        memory.partial_input <= 16 * (READ_CHUNK + config.max_message_size + 14),
         "{memory:?}"
     );
     assert_eq!(h.stats().phones, 16);
