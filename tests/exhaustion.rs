@@ -297,8 +297,7 @@ fn a_flood_of_tiny_phone_messages_cannot_push_the_binary_queue_far_past_high_wat
     // looked at the binary's queue again.
     let mut h = Harness::new();
     let config = Config::default();
-    let mut binary = h.binary("tiny");
-    let (mut phone, _) = h.phone_with_id("tiny", &mut binary);
+    let (binary, mut phone, _) = h.pair("tiny");
     binary.set_relay_send_buffer(4096);
     let one = masked_frame(0x1, true, b"1");
     let stream: Vec<u8> = one

@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 /// A binary for "srv-1" and one phone of it, with its conn_id.
 fn pair() -> (Harness, Client, Client, String) {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv-1");
-    let (phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
+    let (binary, phone, conn_id) = h.pair("srv-1");
     (h, binary, phone, conn_id)
 }
 
@@ -250,8 +249,7 @@ fn a_peer_that_keeps_writing_its_oversized_message_still_sees_1009() {
 #[test]
 fn the_size_limit_is_configurable_and_counts_every_fragment() {
     let mut h = Harness::with_config(|c| c.max_message_size = 1024);
-    let mut binary = h.binary("srv-1");
-    let (mut phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair("srv-1");
     let at_limit = json_string(1024);
     phone.send_text(&mut h, &at_limit);
     assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, &at_limit));

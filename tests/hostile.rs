@@ -41,13 +41,6 @@ fn expect_close_code(h: &mut Harness, client: &mut Client, code: u16) {
     assert_eq!(got, Some(code));
 }
 
-/// A binary, one phone of it, and the phone's conn_id.
-fn pair(h: &mut Harness, server_id: &str) -> (Client, Client, String) {
-    let mut binary = h.binary(server_id);
-    let (phone, conn_id) = h.phone_with_id(server_id, &mut binary);
-    (binary, phone, conn_id)
-}
-
 fn assert_pair_works(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
     phone.send_text(h, br#"{"n":1}"#);
     assert_eq!(binary.recv_text(h), envelope(conn_id, br#"{"n":1}"#));
@@ -66,7 +59,7 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
             c
         })
         .collect();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "honest");
+    let (mut binary, mut phone, conn_id) = h.pair("honest");
     assert_eq!(h.stats().connections, 1002);
 
     // Four seconds of dribbling, one byte per connection per second; the
@@ -101,7 +94,7 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
 #[test]
 fn a_message_dribbled_one_byte_a_second_is_closed_1008_at_the_message_deadline() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "dribble");
+    let (mut binary, mut phone, conn_id) = h.pair("dribble");
     let frame = masked_frame(0x1, true, &[b'1'; 60]);
     for byte in &frame[..29] {
         phone.send_raw(&mut h, std::slice::from_ref(byte));
@@ -119,7 +112,7 @@ fn a_message_dribbled_one_byte_a_second_is_closed_1008_at_the_message_deadline()
 #[test]
 fn a_message_dribbled_as_tiny_fragments_is_closed_1008_at_the_message_deadline() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "fragments");
+    let (mut binary, mut phone, conn_id) = h.pair("fragments");
     phone.send_frame(&mut h, 0x1, false, b"[");
     for _ in 0..29 {
         h.advance(SECOND);
@@ -142,7 +135,7 @@ fn garbage_after_a_valid_upgrade_is_closed_1002() {
     assert_eq!(status, 101);
     expect_close_code(&mut h, &mut binary, 1002);
     // …and later, from a phone.
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "garbage-2");
+    let (mut binary, mut phone, conn_id) = h.pair("garbage-2");
     phone.send_raw(&mut h, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
     expect_close_code(&mut h, &mut phone, 1002);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1002));
@@ -151,7 +144,7 @@ fn garbage_after_a_valid_upgrade_is_closed_1002() {
 #[test]
 fn unmasked_client_frames_are_closed_1002() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, _) = pair(&mut h, "unmasked");
+    let (mut binary, mut phone, _) = h.pair("unmasked");
     phone.send_raw(&mut h, b"\x81\x07{\"a\":1}");
     expect_close_code(&mut h, &mut phone, 1002);
     binary.recv_text(&mut h); // the close notice
@@ -187,7 +180,7 @@ fn reserved_bits_and_unknown_opcodes_are_closed_1002() {
 #[test]
 fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
     let mut h = Harness::new();
-    let (_binary, mut phone, _) = pair(&mut h, "huge");
+    let (_binary, mut phone, _) = h.pair("huge");
     let mut header = vec![0x82, 0x80 | 127];
     header.extend_from_slice(&(1u64 << 63).to_be_bytes());
     header.extend_from_slice(&[1, 2, 3, 4]);
@@ -210,7 +203,7 @@ fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
 #[test]
 fn fragmented_or_oversized_control_frames_are_closed_1002() {
     let mut h = Harness::new();
-    let (mut binary, mut keeper, keeper_id) = pair(&mut h, "control");
+    let (mut binary, mut keeper, keeper_id) = h.pair("control");
     let cases = [
         masked_frame(0x9, false, b"p"),
         masked_frame(0xA, false, b"p"),
@@ -249,7 +242,7 @@ fn a_continuation_without_a_start_and_a_start_inside_a_message_are_closed_1002()
 #[test]
 fn invalid_utf8_in_text_is_closed_1007() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "utf8");
+    let (mut binary, mut phone, conn_id) = h.pair("utf8");
     phone.send_text(&mut h, b"\"\xff\"");
     expect_close_code(&mut h, &mut phone, 1007);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1007));
@@ -281,7 +274,7 @@ fn invalid_utf8_in_text_is_closed_1007() {
 fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     let mut h = Harness::new();
     let limit = Config::default().output_read_limit();
-    let (mut binary, mut sibling, sibling_id) = pair(&mut h, "pings");
+    let (mut binary, mut sibling, sibling_id) = h.pair("pings");
     let mut flooder = h.phone("pings");
     flooder.set_relay_send_buffer(4096);
     let ping = masked_frame(0x9, true, &[b'p'; 125]);
@@ -320,7 +313,7 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
 #[test]
 fn a_million_tiny_frames_make_one_message() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "tiny");
+    let (mut binary, mut phone, conn_id) = h.pair("tiny");
     let mut stream = masked_frame(0x1, false, b"[");
     let empty = masked_frame(0x0, false, b"");
     for _ in 0..999_998 {
@@ -341,8 +334,7 @@ fn a_million_tiny_frames_make_one_message() {
 #[test]
 fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
     let mut h = Harness::new();
-    let mut binary = h.binary("backlog");
-    let (mut slow, slow_id) = h.phone_with_id("backlog", &mut binary);
+    let (mut binary, mut slow, slow_id) = h.pair("backlog");
     let (mut sibling, sibling_id) = h.phone_with_id("backlog", &mut binary);
     slow.set_relay_send_buffer(4096);
     let filler = "x".repeat(32 * 1024);
@@ -492,8 +484,8 @@ fn pump(
 #[test]
 fn envelopes_forged_for_another_server_ids_phones_are_dropped() {
     let mut h = Harness::new();
-    let (mut mallory, mut own_phone, own_id) = pair(&mut h, "mallory");
-    let (mut binary, mut victim, victim_id) = pair(&mut h, "victim");
+    let (mut mallory, mut own_phone, own_id) = h.pair("mallory");
+    let (mut binary, mut victim, victim_id) = h.pair("victim");
     mallory.send_text(&mut h, &envelope(&victim_id, br#"{"forged":true}"#));
     mallory.send_text(
         &mut h,

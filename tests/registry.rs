@@ -59,8 +59,7 @@ fn first_claim_wins_and_the_binary_gets_no_hello() {
 #[test]
 fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut phone, conn_id) = h.pair("srv");
 
     let mut newcomer = h.binary("srv"); // gets its 101 first
     expect_probe(&mut h, &mut holder);
@@ -88,8 +87,7 @@ fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
 #[test]
 fn the_losing_challenger_is_never_read() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut phone, conn_id) = h.pair("srv");
 
     let mut newcomer = h.binary("srv");
     expect_probe(&mut h, &mut holder);
@@ -106,8 +104,7 @@ fn the_losing_challenger_is_never_read() {
 #[test]
 fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut old_phone, _) = h.pair("srv");
 
     let mut newcomer = h.binary("srv");
     expect_probe(&mut h, &mut holder);
@@ -158,8 +155,7 @@ fn a_taken_over_holder_does_not_open_a_grace_window() {
 #[test]
 fn a_third_claim_during_the_probe_is_refused_at_once() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut old_phone, _) = h.pair("srv");
     let mut second = h.binary("srv");
     expect_probe(&mut h, &mut holder);
 
@@ -186,8 +182,7 @@ fn a_third_claim_during_the_probe_is_refused_at_once() {
 #[test]
 fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut old_phone, _) = h.pair("srv");
     let mut newcomer = h.binary("srv");
     expect_probe(&mut h, &mut holder);
 
@@ -211,8 +206,7 @@ fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
 #[test]
 fn a_challenger_leaving_during_the_probe_leaves_the_holder_in_place() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut phone, conn_id) = h.pair("srv");
     let newcomer = h.binary("srv");
     expect_probe(&mut h, &mut holder);
     drop(newcomer);
@@ -264,8 +258,7 @@ fn each_probe_has_its_own_deadline() {
 #[test]
 fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    let (binary, mut phone, _) = h.pair("srv");
     assert!(healthz(&mut h).contains(r#""connected_binaries":1,"connected_phones":1,"#));
 
     drop(binary);
@@ -278,8 +271,7 @@ fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
 #[test]
 fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (mut phone1, _) = h.phone_with_id("srv", &mut binary);
+    let (mut binary, mut phone1, _) = h.pair("srv");
     let (mut phone2, _) = h.phone_with_id("srv", &mut binary);
 
     binary.send_close(&mut h, 1000, "");
@@ -316,8 +308,7 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
 #[test]
 fn grace_expires_after_exactly_the_grace_period() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    let (binary, mut phone, _) = h.pair("srv");
     drop(binary);
     h.settle();
 
@@ -339,8 +330,7 @@ fn grace_expires_after_exactly_the_grace_period() {
         late.expect_closed_by_relay(&mut h),
         (Some(4404), "no server with that id".to_string())
     );
-    let mut fresh = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut fresh);
+    let (mut fresh, mut phone, conn_id) = h.pair("srv");
     assert_exchange(&mut h, &mut fresh, &mut phone, &conn_id);
 }
 
@@ -398,8 +388,7 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
 #[test]
 fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (phone, _) = h.phone_with_id("srv", &mut binary);
+    let (mut binary, phone, _) = h.pair("srv");
     let (mut stays, _) = h.phone_with_id("srv", &mut binary);
     drop(binary);
     h.advance(secs(3));
@@ -418,8 +407,7 @@ fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
 fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
     let mut h = Harness::new();
     // t=0: the first binary leaves; its grace timer is due at 30 s.
-    let mut first = h.binary("srv");
-    let (mut phone1, _) = h.phone_with_id("srv", &mut first);
+    let (first, mut phone1, _) = h.pair("srv");
     drop(first);
     h.settle();
 
@@ -488,8 +476,7 @@ fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
 #[test]
 fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(300));
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    let (binary, mut phone, _) = h.pair("srv");
     drop(binary);
     for _ in 0..29 {
         h.advance(secs(10));
@@ -511,8 +498,7 @@ fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
 #[test]
 fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(300));
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
+    let (binary, mut phone, _) = h.pair("srv");
     drop(binary);
     h.advance_in_steps(secs(59), secs(1));
     assert_eq!(h.stats().phones, 1);
@@ -543,8 +529,7 @@ fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
 #[test]
 fn the_phone_cap_refuses_with_4429() {
     let mut h = Harness::with_config(|c| c.max_phones_per_server = 2);
-    let mut binary = h.binary("srv");
-    let (mut phone1, _) = h.phone_with_id("srv", &mut binary);
+    let (mut binary, mut phone1, _) = h.pair("srv");
     let (mut phone2, id2) = h.phone_with_id("srv", &mut binary);
 
     let (status, _, mut third) = h.upgrade("/v1/client", &phone_headers("srv"));
@@ -558,8 +543,7 @@ fn the_phone_cap_refuses_with_4429() {
     assert_eq!(h.stats().phones, 2);
 
     // The cap is per server-id.
-    let mut elsewhere = h.binary("srv-2");
-    let (_p, _) = h.phone_with_id("srv-2", &mut elsewhere);
+    let (_elsewhere, _p, _) = h.pair("srv-2");
 
     // A free place is taken again.
     phone2.send_close(&mut h, 1000, "");

@@ -902,8 +902,7 @@ fn refusals_decided_after_the_101_are_websocket_closes() {
         (Some(4404), "no server with that id".to_string())
     );
 
-    let mut binary = h.binary("srv-1");
-    let (_phone, _) = h.phone_with_id("srv-1", &mut binary);
+    let (_binary, _phone, _) = h.pair("srv-1");
     let (status, _, mut extra) = h.upgrade("/v1/client", &phone_headers("srv-1"));
     assert_eq!(status, 101);
     assert_eq!(
