@@ -408,7 +408,7 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
     // The relay stopped taking the phones' messages once the binary's
     // queue passed high water, and never queued more than one message
     // beyond it.
-    let forwarded = forwarded_phone_to_binary(&h);
+    let forwarded = h.forwarded_phone_to_binary();
     assert!(
         forwarded < 16 + 16 * MESSAGES as u64,
         "every message was taken: no backpressure"
@@ -452,17 +452,8 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
         );
     }
     assert_eq!(next, vec![MESSAGES; 16]);
-    assert_eq!(forwarded_phone_to_binary(&h), 16 + 16 * MESSAGES as u64);
+    assert_eq!(h.forwarded_phone_to_binary(), 16 + 16 * MESSAGES as u64);
     assert_eq!(h.stats().phones, 16);
-}
-
-fn forwarded_phone_to_binary(h: &Harness) -> u64 {
-    let text = h.relay.metrics_text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("frames_forwarded_total{direction=\"phone_to_binary\"}"))
-        .expect("the forwarded-frames metric");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// One round of the phones writing what they can; returns bytes written.

@@ -30,7 +30,7 @@ mod scenarios;
 mod sockets;
 
 pub use logs::{capture_logs, take_logs};
-pub use process::RelayProcess;
+pub use process::{RelayProcess, WAIT};
 pub use scenarios::*;
 
 use pyrycode_relay::{Config, ManualClock, Relay, Stats};
