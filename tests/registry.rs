@@ -69,10 +69,7 @@ fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
     newcomer.assert_no_data(&mut h);
 
     holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(
-        newcomer.expect_closed_by_relay(&mut h),
-        (Some(4409), "server-id already claimed".to_string())
-    );
+    newcomer.expect_closed(&mut h, ALREADY_CLAIMED);
 
     // The holder and its phone are untouched, also once the probe's
     // deadline has passed.
@@ -115,14 +112,8 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     newcomer.assert_no_data(&mut h);
 
     h.advance(SECOND);
-    assert_eq!(
-        holder.expect_closed_by_relay(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
-    assert_eq!(
-        old_phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    holder.expect_closed(&mut h, HEARTBEAT_TIMEOUT);
+    old_phone.expect_closed(&mut h, RECLAIMED);
     // The new holder gets no close notice for the old holder's phones.
     newcomer.assert_no_data(&mut h);
     let stats = h.stats();
@@ -160,10 +151,7 @@ fn a_third_claim_during_the_probe_is_refused_at_once() {
     expect_probe(&mut h, &mut holder);
 
     let mut third = h.binary("srv");
-    assert_eq!(
-        third.expect_closed_by_relay(&mut h),
-        (Some(4409), "server-id already claimed".to_string())
-    );
+    third.expect_closed(&mut h, ALREADY_CLAIMED);
     // Only one probe was sent.
     holder.assert_no_data(&mut h);
     second.assert_no_data(&mut h);
@@ -171,10 +159,7 @@ fn a_third_claim_during_the_probe_is_refused_at_once() {
     // The running probe still decides between holder and second claimant.
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
-    assert_eq!(
-        old_phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    old_phone.expect_closed(&mut h, RECLAIMED);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
     assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
 }
@@ -187,10 +172,7 @@ fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
     expect_probe(&mut h, &mut holder);
 
     drop(holder);
-    assert_eq!(
-        old_phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    old_phone.expect_closed(&mut h, RECLAIMED);
     newcomer.assert_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
 
@@ -245,10 +227,7 @@ fn each_probe_has_its_own_deadline() {
     h.advance(Duration::from_millis(4_990));
     holder.assert_no_data(&mut h);
     h.advance(Duration::from_millis(10));
-    assert_eq!(
-        holder.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
+    holder.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
     assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
 }
@@ -286,10 +265,7 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     // Reclaim: accepted at once, no probe, the old phones are closed.
     let mut restarted = h.binary("srv");
     for phone in [&mut phone1, &mut phone2] {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(4404), "binary reclaimed server-id".to_string())
-        );
+        phone.expect_closed(&mut h, RECLAIMED);
     }
     // No close notices for phones of the previous binary.
     restarted.assert_no_data(&mut h);
@@ -317,19 +293,12 @@ fn grace_expires_after_exactly_the_grace_period() {
     assert_eq!(h.stats().phones, 1);
 
     h.advance(SECOND);
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
+    phone.expect_closed(&mut h, BINARY_GONE);
     assert_eq!(h.stats().phones, 0);
 
     // The slot is free: a new phone finds no server, a new binary is fresh.
-    let (status, _, mut late) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        late.expect_closed_by_relay(&mut h),
-        (Some(4404), "no server with that id".to_string())
-    );
+    let mut late = h.phone("srv");
+    late.expect_closed(&mut h, NO_SERVER);
     let (mut fresh, mut phone, conn_id) = h.pair("srv");
     assert_exchange(&mut h, &mut fresh, &mut phone, &conn_id);
 }
@@ -341,18 +310,14 @@ fn a_phone_arriving_during_grace_is_accepted_then_closed_on_expiry() {
     drop(binary);
     h.advance(secs(10));
 
-    let (status, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone = h.phone("srv");
     phone.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
     h.advance(secs(19));
     phone.assert_no_data(&mut h);
     h.advance(SECOND);
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
+    phone.expect_closed(&mut h, BINARY_GONE);
 }
 
 #[test]
@@ -362,8 +327,7 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
     drop(binary);
     h.advance(secs(5));
 
-    let (status, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone = h.phone("srv");
     // Read during grace: its pings are answered, but its messages have no
     // binary to go to (the next one closes it anyway) and are not queued.
     phone.send_text(&mut h, br#"{"early":1}"#);
@@ -376,10 +340,7 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
         .contains("pyrycode_relay_phone_messages_dropped_total 1"));
 
     let mut restarted = h.binary("srv");
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    phone.expect_closed(&mut h, RECLAIMED);
     // The new binary never sees the stale phone's messages nor a notice.
     restarted.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
@@ -414,25 +375,20 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
     // t=10: reclaimed.
     h.advance(secs(10));
     let mut second = h.binary("srv");
-    assert_eq!(
-        phone1.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    phone1.expect_closed(&mut h, RECLAIMED);
     let (mut phone2, _) = h.phone_with_id("srv", &mut second);
 
     // t=20: the second binary leaves; its grace window ends at 50 s.
     h.advance(secs(10));
     drop(second);
     h.settle();
-    let (status, _, mut phone3) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone3 = h.phone("srv");
 
     // t=31: the first timer has fired and must have been ignored.
     h.advance(secs(11));
     phone2.assert_no_data(&mut h);
     phone3.assert_no_data(&mut h);
-    let (status, _, mut phone4) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone4 = h.phone("srv");
     phone4.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 3);
 
@@ -444,10 +400,7 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
     // t=50: the second window ends.
     h.advance(SECOND);
     for phone in [&mut phone2, &mut phone3, &mut phone4] {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(4404), "binary gone".to_string())
-        );
+        phone.expect_closed(&mut h, BINARY_GONE);
     }
     assert_eq!(h.stats().phones, 0);
 }
@@ -467,10 +420,7 @@ fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
     h.advance(secs(29));
     phone.assert_no_data(&mut h);
     h.advance(SECOND);
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
+    phone.expect_closed(&mut h, BINARY_GONE);
 }
 
 #[test]
@@ -489,10 +439,7 @@ fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
     }
     assert_eq!(h.stats().phones, 1);
     let _restarted = h.binary("srv");
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    phone.expect_close_frame(&mut h, RECLAIMED);
 }
 
 #[test]
@@ -503,10 +450,7 @@ fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
     h.advance_in_steps(secs(59), secs(1));
     assert_eq!(h.stats().phones, 1);
     h.advance(secs(1));
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
+    phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     assert_eq!(h.stats().phones, 0);
 }
 
@@ -518,10 +462,7 @@ fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
     let mut other = h.binary("srv-other");
     let (status, head, mut phone) = h.upgrade("/v1/client", &phone_headers("srv-missing"));
     assert_eq!(status, 101, "{head}");
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "no server with that id".to_string())
-    );
+    phone.expect_closed(&mut h, NO_SERVER);
     assert_eq!(h.stats().phones, 0);
     other.assert_no_data(&mut h);
 }
@@ -532,12 +473,8 @@ fn the_phone_cap_refuses_with_4429() {
     let (mut binary, mut phone1, _) = h.pair("srv");
     let (mut phone2, id2) = h.phone_with_id("srv", &mut binary);
 
-    let (status, _, mut third) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        third.expect_closed_by_relay(&mut h),
-        (Some(4429), "too many phones for server-id".to_string())
-    );
+    let mut third = h.phone("srv");
+    third.expect_closed(&mut h, TOO_MANY_PHONES);
     // A refused phone was never the binary's: no notice.
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 2);
@@ -561,12 +498,8 @@ fn the_default_phone_cap_is_16() {
     for _ in 0..16 {
         phones.push(h.phone_with_id("srv", &mut binary));
     }
-    let (status, _, mut extra) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        extra.expect_closed_by_relay(&mut h),
-        (Some(4429), "too many phones for server-id".to_string())
-    );
+    let mut extra = h.phone("srv");
+    extra.expect_closed(&mut h, TOO_MANY_PHONES);
     assert_eq!(h.stats().phones, 16);
 }
 

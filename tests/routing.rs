@@ -136,10 +136,7 @@ fn ticket_4_a_binary_disconnect_schedules_the_grace_release() {
     }
     h.advance(SECOND);
     for (phone, _) in phones.iter_mut() {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(4404), "binary gone".to_string())
-        );
+        phone.expect_closed(&mut h, BINARY_GONE);
     }
     assert_eq!(h.stats().phones, 0);
 }
@@ -152,20 +149,11 @@ fn ticket_5_shutdown_closes_everyone_1001_and_finishes_after_the_handshakes() {
 
     h.relay.shutdown();
     let mut clients: Vec<Client> = phones.into_iter().map(|(phone, _)| phone).collect();
-    assert_eq!(
-        binary.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    binary.expect_closed(&mut h, SHUTTING_DOWN);
     // No close notices: the binary's next frame was the close itself.
-    assert_eq!(
-        lone.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    lone.expect_closed(&mut h, SHUTTING_DOWN);
     for phone in clients.iter_mut() {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(1001), "shutting down".to_string())
-        );
+        phone.expect_closed(&mut h, SHUTTING_DOWN);
     }
     // New connections are no longer accepted.
     assert!(TcpStream::connect(h.addr).is_err());
@@ -182,14 +170,8 @@ fn shutdown_with_silent_peers_finishes_at_the_drain_deadline() {
     let mut h = Harness::new();
     let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
     h.relay.shutdown();
-    assert_eq!(
-        binary.recv_close(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
-    assert_eq!(
-        phones[0].0.recv_close(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    binary.expect_close_frame(&mut h, SHUTTING_DOWN);
+    phones[0].0.expect_close_frame(&mut h, SHUTTING_DOWN);
     h.advance(Duration::from_millis(9_990));
     assert!(!h.relay.is_finished());
     h.advance(Duration::from_millis(10));
@@ -224,17 +206,11 @@ fn shutdown_delivers_what_is_queued_before_the_close() {
     assert!(h.stats().connections_with_buffers >= 1, "nothing queued");
 
     h.relay.shutdown();
-    assert_eq!(
-        binary.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    binary.expect_closed(&mut h, SHUTTING_DOWN);
     for i in 0..30 {
         assert_eq!(phone.recv(&mut h), Msg::Text(frame(i).into_bytes()));
     }
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    phone.expect_closed(&mut h, SHUTTING_DOWN);
 }
 
 // -------------------------------------------------------- malformed envelopes
@@ -591,10 +567,7 @@ fn a_phone_that_stops_answering_pings_is_closed_1011_and_the_binary_told() {
     h.advance(secs(29));
     binary.assert_no_data(&mut h);
     h.advance(SECOND);
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
+    phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1011));
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);

@@ -14,11 +14,17 @@ thread_local! {
 struct PerThread;
 
 impl log::Log for PerThread {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        LINES.with(|lines| lines.borrow().is_some())
+    /// Only the relay's own lines (not those of `mio`), and only on
+    /// threads that asked for them.
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target().starts_with("pyrycode_relay")
+            && LINES.with(|lines| lines.borrow().is_some())
     }
 
     fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
         LINES.with(|lines| {
             if let Some(lines) = lines.borrow_mut().as_mut() {
                 lines.push(format!("{} {}", record.level(), record.args()));
