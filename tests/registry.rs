@@ -7,36 +7,28 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
-const SECOND: Duration = Duration::from_secs(1);
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// A phone and its binary exchange one frame each way, byte-exact.
-fn assert_exchange(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
-    let up = br#"{"ping" : [1, 2, {"x":"y"}]}"#;
-    phone.send_text(h, up);
-    assert_eq!(binary.recv_text(h), envelope(conn_id, up));
-    let down = br#"{ "pong":true }"#;
-    binary.send_text(h, &envelope(conn_id, down));
-    assert_eq!(phone.recv_text(h), down.to_vec());
-}
-
-/// Asserts the next frame is the relay's conflict probe.
-fn expect_probe(h: &mut Harness, holder: &mut Client) {
+/// A second claim of "srv": it gets its 101 at once, and `holder` the
+/// relay's conflict probe.
+fn challenge(h: &mut Harness, holder: &mut Client) -> Client {
+    let challenger = h.binary("srv");
     assert_eq!(holder.recv(h), Msg::Ping(b"conflict-probe".to_vec()));
+    challenger
 }
 
-/// The `/healthz` body, as text.
-fn healthz(h: &mut Harness) -> String {
-    let (status, _, mut client) = h.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
-    assert_eq!(status, 200);
-    String::from_utf8(client.body_until_eof(h)).unwrap()
+/// `holder` answers the conflict probe: `challenger` loses (4409).
+fn answer_probe(h: &mut Harness, holder: &mut Client, challenger: &mut Client) {
+    holder.send_pong(h, b"conflict-probe");
+    assert_eq!(challenger.recv_close(h).0, Some(4409));
+}
+
+/// A binary of "srv" that left, and the phone it left behind.
+fn phone_in_grace(h: &mut Harness) -> Client {
+    let (binary, phone, _) = h.pair("srv");
+    drop(binary);
+    h.settle();
+    phone
 }
 
 // ---------------------------------------------------------------- claims
@@ -48,11 +40,10 @@ fn first_claim_wins_and_the_binary_gets_no_hello() {
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
     let (mut phone, conn_id) = h.phone_with_id("srv-a", &mut binary);
-    assert_exchange(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
     // A claim of another server-id is independent.
     let mut other = h.binary("srv-b");
-    other.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut other, &mut binary]);
     assert_eq!(h.stats().binaries, 2);
 }
 
@@ -61,9 +52,9 @@ fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
     let mut h = Harness::new();
     let (mut holder, mut phone, conn_id) = h.pair("srv");
 
-    let mut newcomer = h.binary("srv"); // gets its 101 first
-    expect_probe(&mut h, &mut holder);
-    // Nothing is decided before the holder answers.
+    // The newcomer gets its 101 first; nothing is decided before the
+    // holder answers.
+    let mut newcomer = challenge(&mut h, &mut holder);
     newcomer.assert_no_data(&mut h);
     h.advance(secs(9));
     newcomer.assert_no_data(&mut h);
@@ -74,9 +65,8 @@ fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
     // The holder and its phone are untouched, also once the probe's
     // deadline has passed.
     h.advance(secs(5));
-    holder.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+    assert_quiet(&mut h, [&mut holder, &mut phone]);
+    assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
     let stats = h.stats();
     assert_eq!((stats.binaries, stats.phones), (1, 1));
 }
@@ -86,16 +76,14 @@ fn the_losing_challenger_is_never_read() {
     let mut h = Harness::new();
     let (mut holder, mut phone, conn_id) = h.pair("srv");
 
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
     // While the probe runs, the newcomer's envelopes are not acted on.
     newcomer.send_text(&mut h, &envelope(&conn_id, br#"{"from":"newcomer"}"#));
     phone.assert_no_data(&mut h);
 
-    holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(newcomer.recv_close(&mut h).0, Some(4409));
+    answer_probe(&mut h, &mut holder, &mut newcomer);
     phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
 }
 
 #[test]
@@ -103,15 +91,12 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     let mut h = Harness::new();
     let (mut holder, mut old_phone, _) = h.pair("srv");
 
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
 
     h.advance(secs(9));
-    holder.assert_no_data(&mut h);
-    old_phone.assert_no_data(&mut h);
-    newcomer.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut holder, &mut old_phone, &mut newcomer]);
 
-    h.advance(SECOND);
+    h.advance(secs(1));
     holder.expect_closed(&mut h, HEARTBEAT_TIMEOUT);
     old_phone.expect_closed(&mut h, RECLAIMED);
     // The new holder gets no close notice for the old holder's phones.
@@ -120,7 +105,7 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     assert_eq!((stats.binaries, stats.phones), (1, 0));
 
     let (mut new_phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut new_phone, &conn_id);
+    assert_routes(&mut h, &mut newcomer, &mut new_phone, &conn_id);
     let stats = h.stats();
     assert_eq!((stats.binaries, stats.phones), (1, 1));
 }
@@ -129,8 +114,7 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
 fn a_taken_over_holder_does_not_open_a_grace_window() {
     let mut h = Harness::new();
     let mut holder = h.binary("srv");
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
     drop(holder);
@@ -139,7 +123,7 @@ fn a_taken_over_holder_does_not_open_a_grace_window() {
     newcomer.send_pong(&mut h, b"");
     h.advance(secs(20));
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut newcomer, &mut phone, &conn_id);
     assert_eq!(h.stats().binaries, 1);
 }
 
@@ -147,29 +131,26 @@ fn a_taken_over_holder_does_not_open_a_grace_window() {
 fn a_third_claim_during_the_probe_is_refused_at_once() {
     let mut h = Harness::new();
     let (mut holder, mut old_phone, _) = h.pair("srv");
-    let mut second = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut second = challenge(&mut h, &mut holder);
 
     let mut third = h.binary("srv");
     third.expect_closed(&mut h, ALREADY_CLAIMED);
     // Only one probe was sent.
-    holder.assert_no_data(&mut h);
-    second.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut holder, &mut second]);
 
     // The running probe still decides between holder and second claimant.
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
     old_phone.expect_closed(&mut h, RECLAIMED);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
-    assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut second, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
     let mut h = Harness::new();
     let (mut holder, mut old_phone, _) = h.pair("srv");
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
 
     drop(holder);
     old_phone.expect_closed(&mut h, RECLAIMED);
@@ -177,11 +158,10 @@ fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
     assert_eq!(h.stats().binaries, 1);
 
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut newcomer, &mut phone, &conn_id);
     // The probe deadline passing changes nothing.
     h.advance(secs(10));
-    newcomer.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut newcomer, &mut phone]);
     assert_eq!(h.stats().binaries, 1);
 }
 
@@ -189,47 +169,38 @@ fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
 fn a_challenger_leaving_during_the_probe_leaves_the_holder_in_place() {
     let mut h = Harness::new();
     let (mut holder, mut phone, conn_id) = h.pair("srv");
-    let newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
-    drop(newcomer);
+    drop(challenge(&mut h, &mut holder));
     h.settle();
 
     // A late answer and the old deadline change nothing.
     holder.send_pong(&mut h, b"conflict-probe");
     h.advance(secs(10));
-    holder.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+    assert_quiet(&mut h, [&mut holder, &mut phone]);
+    assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
 
     // The slot is plainly held again: the next claim is probed, not refused.
-    let mut later = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
-    holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(later.recv_close(&mut h).0, Some(4409));
+    let mut later = challenge(&mut h, &mut holder);
+    answer_probe(&mut h, &mut holder, &mut later);
 }
 
 #[test]
 fn each_probe_has_its_own_deadline() {
     let mut h = Harness::new();
     let mut holder = h.binary("srv");
-    let mut first = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
-    holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(first.recv_close(&mut h).0, Some(4409));
+    let mut first = challenge(&mut h, &mut holder);
+    answer_probe(&mut h, &mut holder, &mut first);
 
     h.advance(secs(5));
-    let mut second = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut second = challenge(&mut h, &mut holder);
     // 10 s after the first claim, 5 s into the second probe: nothing yet.
     h.advance(secs(5));
+    assert_quiet(&mut h, [&mut holder, &mut second]);
+    h.advance(millis(4_990));
     holder.assert_no_data(&mut h);
-    second.assert_no_data(&mut h);
-    h.advance(Duration::from_millis(4_990));
-    holder.assert_no_data(&mut h);
-    h.advance(Duration::from_millis(10));
+    h.advance(millis(10));
     holder.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
-    assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut second, &mut phone, &conn_id);
 }
 
 // ----------------------------------------------------------------- grace
@@ -238,12 +209,19 @@ fn each_probe_has_its_own_deadline() {
 fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
     let mut h = Harness::new();
     let (binary, mut phone, _) = h.pair("srv");
-    assert!(healthz(&mut h).contains(r#""connected_binaries":1,"connected_phones":1,"#));
+    let counts = |h: &mut Harness| {
+        let (_, value) = h.healthz();
+        (
+            value["connected_binaries"].clone(),
+            value["connected_phones"].clone(),
+        )
+    };
+    assert_eq!(counts(&mut h), (1.into(), 1.into()));
 
     drop(binary);
     let stats = h.stats();
     assert_eq!((stats.binaries, stats.phones), (0, 1));
-    assert!(healthz(&mut h).contains(r#""connected_binaries":0,"connected_phones":1,"#));
+    assert_eq!(h.counts(), (0, 1));
     phone.assert_no_data(&mut h);
 }
 
@@ -259,8 +237,7 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     assert_eq!(h.stats().binaries, 0);
 
     h.advance(secs(29));
-    phone1.assert_no_data(&mut h);
-    phone2.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut phone1, &mut phone2]);
 
     // Reclaim: accepted at once, no probe, the old phones are closed.
     let mut restarted = h.binary("srv");
@@ -278,21 +255,19 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     restarted.send_pong(&mut h, b"");
     phone.send_pong(&mut h, b"");
     phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut restarted, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut restarted, &mut phone, &conn_id);
 }
 
 #[test]
 fn grace_expires_after_exactly_the_grace_period() {
     let mut h = Harness::new();
-    let (binary, mut phone, _) = h.pair("srv");
-    drop(binary);
-    h.settle();
+    let mut phone = phone_in_grace(&mut h);
 
     h.advance(secs(29));
     phone.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
-    h.advance(SECOND);
+    h.advance(secs(1));
     phone.expect_closed(&mut h, BINARY_GONE);
     assert_eq!(h.stats().phones, 0);
 
@@ -300,7 +275,7 @@ fn grace_expires_after_exactly_the_grace_period() {
     let mut late = h.phone("srv");
     late.expect_closed(&mut h, NO_SERVER);
     let (mut fresh, mut phone, conn_id) = h.pair("srv");
-    assert_exchange(&mut h, &mut fresh, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut fresh, &mut phone, &conn_id);
 }
 
 #[test]
@@ -316,7 +291,7 @@ fn a_phone_arriving_during_grace_is_accepted_then_closed_on_expiry() {
 
     h.advance(secs(19));
     phone.assert_no_data(&mut h);
-    h.advance(SECOND);
+    h.advance(secs(1));
     phone.expect_closed(&mut h, BINARY_GONE);
 }
 
@@ -334,10 +309,7 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
     phone.send_ping(&mut h, b"still-there?");
     assert_eq!(phone.recv(&mut h), Msg::Pong(b"still-there?".to_vec()));
     phone.assert_no_data(&mut h);
-    assert!(h
-        .relay
-        .metrics_text()
-        .contains("pyrycode_relay_phone_messages_dropped_total 1"));
+    assert_eq!(h.metric("pyrycode_relay_phone_messages_dropped_total"), 1);
 
     let mut restarted = h.binary("srv");
     phone.expect_closed(&mut h, RECLAIMED);
@@ -386,8 +358,7 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
 
     // t=31: the first timer has fired and must have been ignored.
     h.advance(secs(11));
-    phone2.assert_no_data(&mut h);
-    phone3.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut phone2, &mut phone3]);
     let mut phone4 = h.phone("srv");
     phone4.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 3);
@@ -398,7 +369,7 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
         phone.assert_no_data(&mut h);
     }
     // t=50: the second window ends.
-    h.advance(SECOND);
+    h.advance(secs(1));
     for phone in [&mut phone2, &mut phone3, &mut phone4] {
         phone.expect_closed(&mut h, BINARY_GONE);
     }
@@ -407,7 +378,7 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
 
 #[test]
 fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
-    let mut h = Harness::with_config(|c| c.ping_interval = Duration::from_secs(3600));
+    let mut h = Harness::with_config(|c| c.ping_interval = secs(3600));
     let first = h.binary("srv");
     drop(first);
     h.advance(secs(29));
@@ -415,27 +386,21 @@ fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
     h.settle();
     drop(second);
     h.settle();
-    let (_, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
+    let mut phone = h.phone("srv");
     // 29 s into the new window (58 s after the first release): still open.
     h.advance(secs(29));
     phone.assert_no_data(&mut h);
-    h.advance(SECOND);
+    h.advance(secs(1));
     phone.expect_closed(&mut h, BINARY_GONE);
 }
 
 #[test]
 fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(300));
-    let (binary, mut phone, _) = h.pair("srv");
-    drop(binary);
+    let mut phone = phone_in_grace(&mut h);
     for _ in 0..29 {
         h.advance(secs(10));
-        while let Some(msg) = phone.try_recv(&mut h) {
-            let Msg::Ping(payload) = msg else {
-                panic!("unexpected {msg:?}");
-            };
-            phone.send_pong(&mut h, &payload);
-        }
+        phone.answer_pings_unread(&mut h);
     }
     assert_eq!(h.stats().phones, 1);
     let _restarted = h.binary("srv");
@@ -445,8 +410,7 @@ fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
 #[test]
 fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(300));
-    let (binary, mut phone, _) = h.pair("srv");
-    drop(binary);
+    let mut phone = phone_in_grace(&mut h);
     h.advance_in_steps(secs(59), secs(1));
     assert_eq!(h.stats().phones, 1);
     h.advance(secs(1));
@@ -460,8 +424,7 @@ fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
 fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
     let mut h = Harness::new();
     let mut other = h.binary("srv-other");
-    let (status, head, mut phone) = h.upgrade("/v1/client", &phone_headers("srv-missing"));
-    assert_eq!(status, 101, "{head}");
+    let mut phone = h.phone("srv-missing");
     phone.expect_closed(&mut h, NO_SERVER);
     assert_eq!(h.stats().phones, 0);
     other.assert_no_data(&mut h);
@@ -486,7 +449,7 @@ fn the_phone_cap_refuses_with_4429() {
     phone2.send_close(&mut h, 1000, "");
     assert_eq!(binary.recv_text(&mut h), close_notice(&id2, 1000));
     let (mut phone3, id3) = h.phone_with_id("srv", &mut binary);
-    assert_exchange(&mut h, &mut binary, &mut phone3, &id3);
+    assert_routes(&mut h, &mut binary, &mut phone3, &id3);
     phone1.assert_no_data(&mut h);
 }
 

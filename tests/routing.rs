@@ -59,8 +59,7 @@ fn ticket_1_an_envelope_reaches_only_its_phone_byte_exact() {
     binary.send_text(&mut h, &env);
 
     assert_eq!(phone.recv(&mut h), Msg::Text(inner.to_vec()));
-    other.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut other, &mut binary]);
 
     // Scalars are frames too, delivered as their JSON text.
     for scalar in [&b"\"just a string\""[..], b"42", b"true", b"[ ]"] {
@@ -98,8 +97,7 @@ fn ticket_2_two_phones_each_get_only_their_own() {
         br#"{"for":"one","again":true}"#.to_vec()
     );
     assert_eq!(p2.recv_text(&mut h), br#"{"for":"two"}"#.to_vec());
-    p1.assert_no_data(&mut h);
-    p2.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut p1, &mut p2]);
 }
 
 #[test]
@@ -114,8 +112,7 @@ fn ticket_3_an_unknown_conn_id_is_dropped_and_the_binary_keeps_reading() {
         &mut h,
         format!(r#"{{"conn_id":"{unknown}","close_code":4401}}"#).as_bytes(),
     );
-    phone.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut phone, &mut binary]);
 
     binary.send_text(&mut h, &envelope(&conn_id, br#"{"lands":true}"#));
     assert_eq!(phone.recv_text(&mut h), br#"{"lands":true}"#.to_vec());
@@ -263,8 +260,7 @@ fn malformed_envelopes_are_dropped_and_the_binary_keeps_working() {
     ];
     for (i, envelope_bytes) in bad.iter().enumerate() {
         binary.send_text(&mut h, envelope_bytes);
-        phone.assert_no_data(&mut h);
-        binary.assert_no_data(&mut h);
+        assert_quiet(&mut h, [&mut phone, &mut binary]);
         // The next good envelope lands.
         let good = format!(r#"{{"after_bad":{i}}}"#);
         binary.send_text(&mut h, &envelope(&id, good.as_bytes()));
@@ -311,10 +307,10 @@ fn an_envelope_for_another_server_ids_phone_is_dropped() {
         &mut h,
         format!(r#"{{"conn_id":"{id_b}","close_code":1000}}"#).as_bytes(),
     );
-    phone_b.assert_no_data(&mut h);
-    phone_a.assert_no_data(&mut h);
-    binary_a.assert_no_data(&mut h);
-    binary_b.assert_no_data(&mut h);
+    assert_quiet(
+        &mut h,
+        [&mut phone_b, &mut phone_a, &mut binary_a, &mut binary_b],
+    );
 
     assert_still_routes(&mut h, &mut binary_a, &mut phone_a, &id_a);
     assert_still_routes(&mut h, &mut binary_b, &mut phone_b, &id_b);
@@ -330,8 +326,7 @@ fn push_wake_is_dropped_without_push_and_the_binary_stays_up() {
         &mut h,
         br#"{"push_wake":{"platform":"fcm","token":"fcm-token-xyz"}}"#,
     );
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut binary, &mut phone]);
     assert!(h
         .relay
         .metrics_text()
@@ -666,8 +661,7 @@ fn per_phone_order_is_kept_over_a_thousand_messages() {
         assert_eq!(p1.recv_text(&mut h), format!("[{i}]").into_bytes());
         assert_eq!(p2.recv_text(&mut h), format!("[{i},{i}]").into_bytes());
     }
-    p1.assert_no_data(&mut h);
-    p2.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut p1, &mut p2]);
 }
 
 // ------------------------------------------------------------- backpressure
@@ -728,8 +722,7 @@ fn a_slow_binary_pushes_back_on_its_phones_and_nothing_is_dropped() {
         );
     }
     assert_eq!(at, stream.len());
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut binary, &mut phone]);
     let stats = h.stats();
     assert_eq!((stats.binaries, stats.phones), (1, 1));
     assert_eq!(stats.connections_with_buffers, 0);
@@ -761,8 +754,7 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
     // The binary and the sibling go on as before.
     assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     binary.send_text(&mut h, &envelope(&sleeper_id, br#"{"gone":true}"#));
-    sibling.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut sibling, &mut binary]);
     assert_eq!(h.stats().binaries, 1);
 
     // What the sleeper finally reads: its frames, then the close.

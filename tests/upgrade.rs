@@ -131,14 +131,6 @@ fn assert_nothing_received(h: &mut Harness, client: &mut Client) {
     }
 }
 
-fn counts(h: &mut Harness) -> (u64, u64) {
-    let (_, value) = h.healthz();
-    (
-        value["connected_binaries"].as_u64().unwrap(),
-        value["connected_phones"].as_u64().unwrap(),
-    )
-}
-
 /// A head of exactly `total` bytes: a valid binary upgrade padded with a
 /// filler header.
 fn padded_server_head(total: usize) -> String {
@@ -259,38 +251,38 @@ fn healthz_reports_the_crate_version_by_default() {
 #[test]
 fn healthz_counts_follow_binaries_and_phones() {
     let mut h = Harness::new();
-    assert_eq!(counts(&mut h), (0, 0));
+    assert_eq!(h.counts(), (0, 0));
 
     let mut binary = h.binary("srv-a");
-    assert_eq!(counts(&mut h), (1, 0));
+    assert_eq!(h.counts(), (1, 0));
     let mut other = h.binary("srv-b");
-    assert_eq!(counts(&mut h), (2, 0));
+    assert_eq!(h.counts(), (2, 0));
 
     let (mut p1, _) = h.phone_with_id("srv-a", &mut binary);
     let (mut p2, _) = h.phone_with_id("srv-a", &mut binary);
     let (_p3, _) = h.phone_with_id("srv-b", &mut other);
-    assert_eq!(counts(&mut h), (2, 3));
+    assert_eq!(h.counts(), (2, 3));
 
     // A phone refused after the 101 is never counted.
     let mut stray = h.phone("srv-nobody");
     stray.expect_closed(&mut h, NO_SERVER);
-    assert_eq!(counts(&mut h), (2, 3));
+    assert_eq!(h.counts(), (2, 3));
 
     // The binary leaves: it stops counting at once, its phones wait out
     // the grace period and are still counted.
     drop(binary);
     h.settle();
-    assert_eq!(counts(&mut h), (1, 3));
+    assert_eq!(h.counts(), (1, 3));
     h.advance(Duration::from_secs(29));
-    assert_eq!(counts(&mut h), (1, 3));
+    assert_eq!(h.counts(), (1, 3));
     h.advance(Duration::from_secs(1));
     p1.expect_closed(&mut h, BINARY_GONE);
     p2.expect_closed(&mut h, BINARY_GONE);
-    assert_eq!(counts(&mut h), (1, 1));
+    assert_eq!(h.counts(), (1, 1));
 
     drop(other);
     h.settle();
-    assert_eq!(counts(&mut h), (0, 1));
+    assert_eq!(h.counts(), (0, 1));
 }
 
 #[test]

@@ -191,6 +191,15 @@ impl Harness {
         (body, value)
     }
 
+    /// The binaries and phones `/healthz` counts.
+    pub fn counts(&mut self) -> (u64, u64) {
+        let (_, value) = self.healthz();
+        (
+            value["connected_binaries"].as_u64().unwrap(),
+            value["connected_phones"].as_u64().unwrap(),
+        )
+    }
+
     /// Upgrades on `path` with `headers` (name, value) plus valid WebSocket
     /// headers; returns the status, the response head and the client.
     pub fn upgrade<N: AsRef<str>, V: AsRef<str>>(

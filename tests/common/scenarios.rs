@@ -35,6 +35,14 @@ pub fn assert_routes(h: &mut Harness, binary: &mut Client, phone: &mut Client, c
     assert_eq!(binary.recv_text(h), envelope(conn_id, up));
 }
 
+/// Asserts that none of `clients` got anything but pings, and none is
+/// closed.
+pub fn assert_quiet<const N: usize>(h: &mut Harness, clients: [&mut Client; N]) {
+    for client in clients {
+        client.assert_no_data(h);
+    }
+}
+
 /// A JSON string frame of `len` bytes, tagged with `i`.
 pub fn big_frame(i: usize, len: usize) -> Vec<u8> {
     let mut frame = format!("\"{i:06}:").into_bytes();
