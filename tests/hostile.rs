@@ -13,8 +13,6 @@ use std::time::Duration;
 use common::*;
 use pyrycode_relay::config::{Config, READ_CHUNK};
 
-const SECOND: Duration = Duration::from_secs(1);
-
 /// Writes `bytes` for as long as the relay takes them; returns how many
 /// were written once neither side moves any more (the relay stopped
 /// reading this client and the kernel buffers are full).
@@ -41,13 +39,6 @@ fn expect_close_code(h: &mut Harness, client: &mut Client, code: u16) {
     assert_eq!(got, Some(code));
 }
 
-fn assert_pair_works(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
-    phone.send_text(h, br#"{"n":1}"#);
-    assert_eq!(binary.recv_text(h), envelope(conn_id, br#"{"n":1}"#));
-    binary.send_text(h, &envelope(conn_id, br#"{"n":2}"#));
-    assert_eq!(phone.recv_text(h), br#"{"n":2}"#.to_vec());
-}
-
 #[test]
 fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_handshake_deadline() {
     let mut h = Harness::new();
@@ -68,8 +59,8 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
         for c in dribblers.iter_mut() {
             assert_eq!(c.send_some(&head[10 + second..11 + second]), 1);
         }
-        h.advance(SECOND);
-        assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+        h.advance(secs(1));
+        assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
         assert_eq!(h.stats().connections, 1002);
     }
     let memory = h.relay.memory();
@@ -88,7 +79,7 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
     h.settle();
     assert_eq!(h.stats().connections, 2);
     assert_eq!(h.relay.memory().partial_input, 0);
-    assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
@@ -98,14 +89,13 @@ fn a_message_dribbled_one_byte_a_second_is_closed_1008_at_the_message_deadline()
     let frame = masked_frame(0x1, true, &[b'1'; 60]);
     for byte in &frame[..29] {
         phone.send_raw(&mut h, std::slice::from_ref(byte));
-        h.advance(SECOND);
+        h.advance(secs(1));
         phone.assert_no_data(&mut h);
     }
     // The first byte came 29 s ago; the 30th second ends the message.
     phone.send_raw(&mut h, &frame[29..30]);
-    h.advance(SECOND);
-    let (code, reason) = phone.recv_close(&mut h);
-    assert_eq!((code, reason.as_str()), (Some(1008), "message timeout"));
+    h.advance(secs(1));
+    phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
 }
 
@@ -115,13 +105,12 @@ fn a_message_dribbled_as_tiny_fragments_is_closed_1008_at_the_message_deadline()
     let (mut binary, mut phone, conn_id) = h.pair("fragments");
     phone.send_frame(&mut h, 0x1, false, b"[");
     for _ in 0..29 {
-        h.advance(SECOND);
+        h.advance(secs(1));
         phone.send_frame(&mut h, 0x0, false, b"1,");
         phone.assert_no_data(&mut h);
     }
-    h.advance(SECOND);
-    let (code, reason) = phone.recv_close(&mut h);
-    assert_eq!((code, reason.as_str()), (Some(1008), "message timeout"));
+    h.advance(secs(1));
+    phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
 }
 
@@ -174,7 +163,7 @@ fn reserved_bits_and_unknown_opcodes_are_closed_1002() {
         binary.recv_text(&mut h); // the close notice
     }
     let (mut phone, conn_id) = h.phone_with_id("reserved", &mut binary);
-    assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
@@ -299,7 +288,7 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     );
     assert!(memory.largest_queue <= limit + 1024, "{memory:?}");
     // The sibling and the binary are unaffected.
-    assert_pair_works(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     // Output that makes no progress for --write-timeout drops the flooder.
     h.advance(Duration::from_secs(10));
     assert!(flooder.is_closed(&mut h));
@@ -307,7 +296,7 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     assert!(notice.ends_with(r#""close_code":1001}"#), "{notice}");
     assert!(h.relay.memory().largest_queue < 1024);
     assert_eq!(h.stats().phones, 1);
-    assert_pair_works(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
@@ -328,7 +317,7 @@ fn a_million_tiny_frames_make_one_message() {
         (0, 0),
         "{memory:?}"
     );
-    assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
@@ -353,7 +342,7 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
     };
     assert_eq!(notice, close_notice(&slow_id, 1011));
     assert!(h.relay.memory().largest_queue <= Config::default().phone_backlog + 1024);
-    assert_pair_works(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     // The slow phone gets every frame queued before the close, in order.
     let mut seq = 0;
     let (code, reason) = loop {
@@ -367,7 +356,10 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!((code, reason.as_str()), (Some(1011), "phone backlog full"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (Some(BACKLOG_FULL.0), BACKLOG_FULL.1)
+    );
     assert!(seq > 0 && seq < sent_to_slow);
 }
 
@@ -488,7 +480,7 @@ fn envelopes_forged_for_another_server_ids_phones_are_dropped() {
     );
     assert_quiet(&mut h, [&mut victim, &mut binary]);
     // Nobody was closed: mallory keeps its own phone, the victim its binary.
-    assert_pair_works(&mut h, &mut mallory, &mut own_phone, &own_id);
-    assert_pair_works(&mut h, &mut binary, &mut victim, &victim_id);
+    assert_routes(&mut h, &mut mallory, &mut own_phone, &own_id);
+    assert_routes(&mut h, &mut binary, &mut victim, &victim_id);
     assert_eq!(h.stats().phones, 2);
 }

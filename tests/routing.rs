@@ -724,7 +724,10 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
                 frames += 1;
             }
             Msg::Close(code, reason) => {
-                assert_eq!((code, reason.as_str()), (Some(1011), "phone backlog full"));
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (Some(BACKLOG_FULL.0), BACKLOG_FULL.1)
+                );
                 break;
             }
             other => panic!("unexpected {other:?}"),
