@@ -478,6 +478,10 @@ fn texts_of(mut bytes: Vec<u8>) -> Vec<Vec<u8>> {
 fn output_that_keeps_making_progress_is_never_dropped() {
     let mut h = Harness::with_config(|c| c.phone_backlog = 64 << 20);
     let (mut binary, mut phone, conn_id) = h.pair(SID);
+    // Fixed kernel buffers: without them, loopback autotuning may grow
+    // enough to take the whole backlog after one or two reads.
+    phone.set_recv_buffer(64 * 1024);
+    phone.set_relay_send_buffer(64 * 1024);
     let frames = overwhelm_phone(&mut h, &mut binary, &mut phone, &conn_id);
 
     // Every 9 s the phone reads a little (and sends a pong, since the
