@@ -67,8 +67,7 @@ fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
     h.advance(secs(5));
     assert_quiet(&mut h, [&mut holder, &mut phone]);
     assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
+    assert_eq!(h.peers(), (1, 1));
 }
 
 #[test]
@@ -101,13 +100,11 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     old_phone.expect_closed(&mut h, RECLAIMED);
     // The new holder gets no close notice for the old holder's phones.
     newcomer.assert_no_data(&mut h);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 0));
+    assert_eq!(h.peers(), (1, 0));
 
     let (mut new_phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
     assert_routes(&mut h, &mut newcomer, &mut new_phone, &conn_id);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
+    assert_eq!(h.peers(), (1, 1));
 }
 
 #[test]
@@ -219,8 +216,7 @@ fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
     assert_eq!(counts(&mut h), (1.into(), 1.into()));
 
     drop(binary);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (0, 1));
+    assert_eq!(h.peers(), (0, 1));
     assert_eq!(h.counts(), (0, 1));
     phone.assert_no_data(&mut h);
 }
@@ -246,8 +242,7 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     }
     // No close notices for phones of the previous binary.
     restarted.assert_no_data(&mut h);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 0));
+    assert_eq!(h.peers(), (1, 0));
 
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut restarted);
     // The old grace timer (due at 30 s) must not free the reclaimed slot.

@@ -163,8 +163,7 @@ fn websocket_routes_upgrade_and_ignore_the_query_string() {
         assert_eq!(status, 101, "{path}: {response}");
         open.push(client);
     }
-    assert_eq!(h.stats().binaries, 3);
-    assert_eq!(h.stats().phones, 2);
+    assert_eq!(h.peers(), (3, 2));
 }
 
 #[test]
@@ -636,8 +635,7 @@ fn the_rate_limit_beats_every_other_check() {
     // Not an upgrade: /healthz and 404 are not rate limited.
     assert_eq!(h.healthz().1["connected_binaries"], 1);
     assert_eq!(status_of(&mut h, "GET /nope HTTP/1.1\r\n\r\n"), 404);
-    assert_eq!(h.stats().binaries, 1);
-    assert_eq!(h.stats().phones, 0);
+    assert_eq!(h.peers(), (1, 0));
 }
 
 #[test]

@@ -135,6 +135,12 @@ impl Harness {
         self.relay.stats()
     }
 
+    /// The binaries and phones the relay counts, after a settle.
+    pub fn peers(&mut self) -> (usize, usize) {
+        let stats = self.stats();
+        (stats.binaries, stats.phones)
+    }
+
     /// The value of one metric series of `/metrics`, e.g.
     /// `pyrycode_relay_push_wakes_total{outcome="dropped"}`.
     pub fn metric(&self, series: &str) -> u64 {
