@@ -8,6 +8,7 @@
 //! runs the default suite (`make bench`).
 
 mod echo_server;
+mod fd_exhaustion;
 mod gen;
 mod report;
 mod scenario;
@@ -54,6 +55,10 @@ enum Cmd {
     /// Phones connect, exchange one message, disconnect, continuously:
     /// upgrades/s and upgrade latency.
     Churn(ChurnArgs),
+    /// The relay out of file descriptors (low RLIMIT_NOFILE, more
+    /// connections than that): its CPU use and wake-ups while accepting is
+    /// paused, and how fast it serves once descriptors come back.
+    FdExhaustion(FdExhaustionArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -261,6 +266,21 @@ struct ChurnArgs {
     /// Load before the measured window.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
+}
+
+#[derive(Args, Debug)]
+struct FdExhaustionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The relay's RLIMIT_NOFILE (soft and hard).
+    #[arg(long, default_value_t = 64)]
+    fd_limit: u64,
+    /// Connections opened at once (more than the limit).
+    #[arg(long, default_value_t = 128)]
+    connections: usize,
+    /// Measured window while accepting is paused.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    duration: Duration,
 }
 
 /// `5s`, `500ms`, `1.5s`, `2m`.
@@ -765,6 +785,26 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 )
             });
             finish(&setup, &runner, &header(&setup), None, "")
+        }
+        Cmd::FdExhaustion(a) => {
+            let setup = setup(&a.common)?;
+            let m = fd_exhaustion::measure(
+                &setup.env.launch,
+                a.fd_limit,
+                a.connections,
+                a.duration,
+                !a.common.quiet,
+            )?;
+            m.print(&header(&setup));
+            if let Some(path) = &setup.json {
+                let mut machine = setup.machine.clone();
+                machine["load_average_at_end"] = json!(loadavg());
+                m.write_json(path, machine)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                println!("json: {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&setup.env.launch.workdir);
+            ExitCode::SUCCESS
         }
     };
     Ok(code)

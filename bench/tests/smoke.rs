@@ -137,3 +137,41 @@ fn every_scenario_runs_briefly_against_the_relay() {
     assert!(chart.starts_with("<svg") && chart.contains("relay p99"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fd_exhaustion_runs_briefly_against_the_relay() {
+    let relay = relay_binary();
+    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-fd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("fd.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .arg("fd-exhaustion")
+        .arg("--relay")
+        .arg(&relay)
+        .args(["--quiet", "--fd-limit", "32", "--connections", "48"])
+        .args(["--duration", "300ms"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run relay-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "relay-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("## fd-exhaustion"), "{stdout}");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let m = &doc["measurements"][0];
+    assert_eq!(m["scenario"], "fd-exhaustion", "{doc:#}");
+    assert_eq!(m["params"]["fd_limit"], 32);
+    // The relay held some connections, not all: it ran out.
+    let held = m["connections_held_at_pause"].as_u64().unwrap();
+    assert!(held > 0 && held < 48, "{m:#}");
+    assert!(m["window_s"].as_f64().unwrap() > 0.0, "{m:#}");
+    assert!(m["proxy_cpu_percent"].as_f64().unwrap() >= 0.0, "{m:#}");
+    assert!(m["context_switches_per_s"].as_f64().is_some(), "{m:#}");
+    assert!(m["resume_ms"].as_f64().unwrap() > 0.0, "{m:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
