@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{binary_headers, phone_headers, upgrade_head, Client, Harness};
+use common::{
+    binary_headers, capture_logs, phone_headers, take_logs, upgrade_head, Client, Harness,
+};
 use pyrycode_relay::proxy_protocol::{self, SIGNATURE};
 use pyrycode_relay::tls::{self, CertResolver};
 use pyrycode_relay::transport::Recipe;
@@ -75,7 +77,8 @@ fn assert_closed_silently(h: &mut Harness, client: &mut Client, what: &str) {
 }
 
 #[test]
-fn binaries_and_phones_behind_a_header_exchange_frames() {
+fn binaries_and_phones_behind_a_header_exchange_frames_and_are_logged_by_its_source() {
+    capture_logs();
     let mut h = proxied(|_| {});
     let (status, mut binary) = upgrade_behind(
         &mut h,
@@ -99,6 +102,18 @@ fn binaries_and_phones_behind_a_header_exchange_frames() {
     phone.send_text(&mut h, br#"{"n":1}"#);
     let wrapped: serde_json::Value = serde_json::from_slice(&binary.recv_text(&mut h)).unwrap();
     assert_eq!(wrapped["frame"], serde_json::json!({"n": 1}));
+    // Every line after the header names the client, not the balancer.
+    let logs: Vec<String> = take_logs()
+        .into_iter()
+        .filter(|line| !line.contains("proxy_header "))
+        .collect();
+    let logs = logs.join("\n");
+    assert!(
+        logs.contains("server_claimed server_id=srv-proxied remote=203.0.113.7:40001"),
+        "{logs}"
+    );
+    assert!(logs.contains("remote=[2001:db8::7]:40002"), "{logs}");
+    assert!(!logs.contains("remote=127.0.0.1"), "{logs}");
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! `PEBBLE_VA_ALWAYS_VALID`): `pebble-challtestsrv` answers its DNS (every
 //! name is 127.0.0.1), and its validation authority connects to the HTTP
 //! and TLS ports it is given. Output goes to `<work>/<program>.log`.
+//!
+//! (The library tests in `tests/acme_pebble.rs` start their own Pebble,
+//! with nonce rejection on.)
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -60,7 +63,11 @@ impl Pebble {
             "-dnsserver",
             &dns_address,
         ];
-        let env = [("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "20")];
+        // No nonce rejection: instant-acme retries a `badNonce` twice, so at
+        // Pebble's default 5 % (or the 20 % of tests/acme_pebble.rs, which
+        // tests that retry) an order of twenty requests fails now and then,
+        // and the relay's back-off (10 min) would outlast the test.
+        let env = [("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")];
         let mut pebble = spawn(work, "pebble", &args, &env);
         wait_listening(acme_port, "pebble", &mut pebble);
         wait_listening(management_port, "pebble management", &mut pebble);
