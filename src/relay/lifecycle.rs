@@ -49,6 +49,7 @@ use super::conns::Handle;
 use super::listeners::Origin;
 use super::Relay;
 use crate::buffer::{BufferPool, OutQueue};
+use crate::proxy_protocol;
 use crate::transport::{Refusal, Transport};
 use crate::ws::{self, close, FrameError, Reader};
 
@@ -579,6 +580,14 @@ impl Relay {
 /// One line for a connection a layer under HTTP ended.
 fn log_refusal(remote: SocketAddr, refusal: &Refusal) {
     match refusal {
+        // A balancer's health checks send LOCAL (HAProxy's
+        // `check-send-proxy`): expected every few seconds, not news.
+        Refusal::ProxyHeader(why @ proxy_protocol::Refusal::Local) => {
+            debug!(
+                "proxy_header_refused remote={remote} reason={}",
+                why.as_str()
+            )
+        }
         Refusal::ProxyHeader(why) => {
             info!(
                 "proxy_header_refused remote={remote} reason={}",
