@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use log::{error, info, warn};
-use pyrycode_relay::acme::{self, cache_dir, Acme, AcmeConfig, ChallengeKind};
+use pyrycode_relay::acme::{self, cache_dir, Acme, AcmeConfig, ChallengeKind, Challenges};
 use pyrycode_relay::boot::{Environment, Privileges};
 use pyrycode_relay::cli::{normalize_args, Args};
 use pyrycode_relay::push::{Push, PushConfig, ServiceAccountKey};
@@ -126,7 +126,7 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let certificates = match certificates(&settings, &relay) {
+    let certificates = match certificates(&settings) {
         Ok(certificates) => certificates,
         Err(reason) => {
             error!("tls_failed reason=\"{reason}\"");
@@ -135,7 +135,7 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
     };
     let server_config = certificates
         .as_ref()
-        .map(|(resolver, _)| tls::server_config(resolver.clone()));
+        .map(|certificates| tls::server_config(certificates.resolver.clone()));
     let mut listening = Vec::new();
     for listener in &settings.listeners {
         let listen = Listen {
@@ -160,8 +160,25 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
             }
         }
     }
-    if let Some((resolver, acme)) = certificates {
-        relay.serve_certificates(resolver, acme);
+    // ACME starts once its listeners are bound: the CA may validate as
+    // soon as the thread asks it to.
+    if let Some(certificates) = certificates {
+        let acme = match certificates.acme {
+            Some((config, challenges)) => {
+                match Acme::start_with(config, relay.waker(), challenges) {
+                    Ok(acme) => Some(acme),
+                    Err(err) => {
+                        error!("tls_failed reason=\"cannot start the ACME thread: {err}\"");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+            None => None,
+        };
+        if let Some(cached) = acme.as_ref().and_then(Acme::cached_certificate) {
+            certificates.resolver.set_certificate(cached);
+        }
+        relay.serve_certificates(certificates.resolver, acme);
     }
     if let Some(config) = push {
         if let Err(err) = Push::new(config).and_then(|push| {
@@ -218,13 +235,18 @@ fn log_listening(bound: std::net::SocketAddr, listener: &settings::Listener) {
 }
 
 /// Where the TLS listeners' certificates come from: the resolver their
-/// config asks, and the ACME thread that renews it, if any.
-type Certificates = (Arc<CertResolver>, Option<Acme>);
+/// config asks, and, with ACME, what its thread needs to start.
+struct Certificates {
+    resolver: Arc<CertResolver>,
+    /// The ACME thread's settings and the challenge responses it will
+    /// publish (the resolver answers TLS-ALPN-01 from them).
+    acme: Option<(AcmeConfig, Arc<Challenges>)>,
+}
 
 /// The TLS listeners' certificates: the files of `--tls-cert` and
-/// `--tls-key`, or ACME for `--domain` (its cache directory checked, its
-/// thread started, waking `relay`'s loop). `None` in plain mode.
-fn certificates(settings: &Settings, relay: &Relay) -> Result<Option<Certificates>, String> {
+/// `--tls-key`, or ACME for `--domain` (its cache directory checked; its
+/// thread is started once the listeners are bound). `None` in plain mode.
+fn certificates(settings: &Settings) -> Result<Option<Certificates>, String> {
     match &settings.tls {
         Tls::None => Ok(None),
         Tls::Files { cert, key } => {
@@ -235,7 +257,10 @@ fn certificates(settings: &Settings, relay: &Relay) -> Result<Option<Certificate
                 cert.display(),
                 key.display()
             );
-            Ok(Some((Arc::new(resolver), None)))
+            Ok(Some(Certificates {
+                resolver: Arc::new(resolver),
+                acme: None,
+            }))
         }
         Tls::Acme(config) => {
             let prepared = cache_dir::prepare(&config.cache_dir).map_err(|err| err.to_string())?;
@@ -261,11 +286,12 @@ fn certificates(settings: &Settings, relay: &Relay) -> Result<Option<Certificate
                 challenge_kinds: ChallengeKind::for_listeners(http_listener),
                 backoff: acme::Backoff::default(),
             };
-            let acme = Acme::start(acme_config, relay.waker())
-                .map_err(|err| format!("cannot start the ACME thread: {err}"))?;
-            let resolver =
-                CertResolver::for_acme(acme.challenges().clone(), acme.cached_certificate());
-            Ok(Some((Arc::new(resolver), Some(acme))))
+            let challenges = Arc::new(Challenges::default());
+            let resolver = CertResolver::for_acme(challenges.clone(), None);
+            Ok(Some(Certificates {
+                resolver: Arc::new(resolver),
+                acme: Some((acme_config, challenges)),
+            }))
         }
     }
 }
