@@ -7,16 +7,22 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, info, warn};
 use pyrycode_relay::cli::{normalize_args, Args, Settings};
-use pyrycode_relay::{Relay, SystemClock};
+use pyrycode_relay::{handover, Relay, SystemClock};
 
 fn main() -> ExitCode {
-    let settings = match parse_settings() {
+    let (check_mode, args) = handover::take_check_flag(std::env::args_os().collect());
+    let settings = match parse_settings(args) {
         Ok(settings) => settings,
         Err(reason) => {
             eprintln!("pyrycode-relay: {reason}");
             return ExitCode::from(2);
         }
     };
+    if check_mode {
+        // An upgrading relay asks what this build is (src/handover/check.rs).
+        println!("{}", handover::check::report_line());
+        return ExitCode::SUCCESS;
+    }
     init_logging(settings.log_level);
     note_environment();
     raise_fd_limit();
@@ -26,8 +32,8 @@ fn main() -> ExitCode {
 /// Flags to settings. `--help` and `--version` print and exit 0 here; a
 /// bad flag or configuration is one line of reason (SPEC §9: exit 2),
 /// without clap's usage hints.
-fn parse_settings() -> Result<Settings, String> {
-    let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
+fn parse_settings(args: Vec<std::ffi::OsString>) -> Result<Settings, String> {
+    let args = match Args::try_parse_from(normalize_args(args)) {
         Ok(args) => args,
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
@@ -74,23 +80,22 @@ fn note_environment() {
 /// Binds the listeners and runs the loop until a graceful shutdown (0);
 /// a listener that cannot be bound or fails is exit code 1.
 fn serve(settings: Settings) -> ExitCode {
-    let listen = settings.config.listen;
-    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
-        Ok(relay) => relay,
-        Err(err) => {
-            error!("listen_failed addr={listen} error={err}");
-            return ExitCode::from(1);
-        }
+    let relay = match handover::take_inherited_state() {
+        Some(state) => restore(settings, state),
+        None => bind(settings),
     };
-    if let Some(addr) = settings.metrics_listen {
-        if let Err(err) = relay.listen_metrics(addr) {
-            error!("listen_failed addr={addr} error={err}");
-            return ExitCode::from(1);
-        }
-    }
+    let Some(mut relay) = relay else {
+        return ExitCode::from(1);
+    };
     if let Err(err) = relay.handle_signals() {
         error!("signals_failed error={err}");
         return ExitCode::from(1);
+    }
+    // Blocked by the previous image across its exec: delivered from here.
+    handover::unblock_signals();
+    match handover::UpgradePlan::from_process() {
+        Ok(plan) => relay.enable_upgrades(plan),
+        Err(err) => warn!("upgrade_unavailable error={err}"),
     }
     info!(
         "listening addr={} version={}",
@@ -105,6 +110,45 @@ fn serve(settings: Settings) -> ExitCode {
         Err(err) => {
             error!("loop_failed error={err}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// A fresh start: binds the listeners (exit 1 if one cannot be bound).
+fn bind(settings: Settings) -> Option<Relay> {
+    let listen = settings.config.listen;
+    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
+        Ok(relay) => relay,
+        Err(err) => {
+            error!("listen_failed addr={listen} error={err}");
+            return None;
+        }
+    };
+    if let Some(addr) = settings.metrics_listen {
+        if let Err(err) = relay.listen_metrics(addr) {
+            error!("listen_failed addr={addr} error={err}");
+            return None;
+        }
+    }
+    Some(relay)
+}
+
+/// The new image of an upgrade (SIGUSR2, src/handover): the listeners and
+/// connections of the previous image, from the state it left in a memfd.
+fn restore(settings: Settings, state: std::io::Result<Vec<u8>>) -> Option<Relay> {
+    handover::exec::rename_process();
+    let restored = state
+        .map_err(|err| err.to_string())
+        .and_then(|bytes| handover::Snapshot::decode(&bytes).map_err(|err| err.to_string()))
+        .and_then(|snapshot| {
+            Relay::restore(settings.config, Box::new(SystemClock), snapshot)
+                .map_err(|err| err.to_string())
+        });
+    match restored {
+        Ok(relay) => Some(relay),
+        Err(why) => {
+            error!("handover_failed reason={why:?}");
+            None
         }
     }
 }
