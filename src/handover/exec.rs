@@ -189,6 +189,7 @@ pub fn write_state(bytes: &[u8]) -> io::Result<OwnedFd> {
 /// against writing. The variable is removed and the memfd closed.
 pub fn take_inherited_state() -> Option<io::Result<Vec<u8>>> {
     let value = std::env::var_os(STATE_ENV)?;
+    ARRIVED.store(monotonic_ns(), std::sync::atomic::Ordering::Relaxed);
     // Single-threaded still: nothing else reads the environment now.
     std::env::remove_var(STATE_ENV);
     Some(read_state(&value))
@@ -278,6 +279,10 @@ pub fn unblock_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
 }
 
+/// When this image found an inherited state ([`monotonic_ns`]; 0 if it
+/// did not): the end of the exec, for the pause's breakdown in the log.
+pub static ARRIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `Instant` reads, and the
 /// same in the old and the new image, so the pause can be measured
 /// across the exec.
@@ -285,6 +290,15 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: timespec is plain data, filled in by clock_gettime.
     let mut now: libc::timespec = unsafe { std::mem::zeroed() };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// This process's CPU time in nanoseconds (user and system, every
+/// thread; not reset by `execve`).
+pub fn process_cpu_ns() -> u64 {
+    // SAFETY: timespec is plain data, filled in by clock_gettime.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 

@@ -50,6 +50,10 @@ pub struct Snapshot {
     /// `CLOCK_MONOTONIC` when the loop stopped serving, in nanoseconds
     /// (the same clock in the new image: it measures the pause).
     pub taken_at: u64,
+    /// The process's CPU time then (`CLOCK_PROCESS_CPUTIME_ID`, which
+    /// `execve` does not reset), in nanoseconds: the new image reports the
+    /// CPU work of the pause beside its wall-clock length.
+    pub taken_cpu: u64,
     /// How long the relay had been up (`/healthz` goes on counting).
     pub uptime: Duration,
     pub listeners: Vec<ListenerState>,
@@ -460,6 +464,7 @@ mod tests {
         };
         Snapshot {
             taken_at: 42,
+            taken_cpu: 7,
             uptime: Duration::from_secs(3600),
             listeners: vec![ListenerState {
                 role: ListenerRole::Public,

@@ -244,10 +244,12 @@ impl Relay {
     fn exec_with_state(&mut self, exe: &Executable, plan: &UpgradePlan) -> std::io::Error {
         let taken_at = monotonic_ns();
         let snapshot = self.snapshot(taken_at);
+        let taken = monotonic_ns();
         if let Err(err) = snapshot.validate() {
             return std::io::Error::other(format!("own state: {err}"));
         }
         let bytes = snapshot.encode();
+        let encoded = monotonic_ns();
         let memfd = match write_state(&bytes) {
             Ok(memfd) => memfd,
             Err(err) => return err,
@@ -257,13 +259,18 @@ impl Relay {
             let _ = set_inherited(&fds, false);
             return err;
         }
+        let ms = |from: u64, to: u64| (to - from) as f64 / 1e6;
+        let now = monotonic_ns();
         info!(
-            "upgrade_exec exe={:?} connections={} slots={} state_bytes={} snapshot_ms={:.3}",
+            "upgrade_exec exe={:?} connections={} slots={} state_bytes={} snapshot_ms={:.3} take_ms={:.3} encode_ms={:.3} write_ms={:.3}",
             exe.path.display().to_string(),
             snapshot.conns.len(),
             snapshot.slots.len(),
             bytes.len(),
-            (monotonic_ns() - taken_at) as f64 / 1e6
+            ms(taken_at, now),
+            ms(taken_at, taken),
+            ms(taken, encoded),
+            ms(encoded, now),
         );
         let saved = block_signals();
         let err = exe.exec(&plan.args, memfd.as_raw_fd());

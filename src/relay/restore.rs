@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -32,7 +33,7 @@ use super::Relay;
 use crate::buffer::OutQueue;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::handover::exec::monotonic_ns;
+use crate::handover::exec::{monotonic_ns, process_cpu_ns, ARRIVED};
 use crate::handover::snapshot::{
     ConnState, DeadlinesState, HolderState, ListenerRole, PeerState, PhaseState, SlotState,
 };
@@ -41,7 +42,7 @@ use crate::registry::{Slot, SlotState as Holder};
 use crate::transport::Transport;
 use crate::ws::{ReaderParts, Role};
 
-/// Server-ids and conn_ids shared between connections and the registry.
+/// Server-ids, one copy shared by their connections and their slot.
 #[derive(Default)]
 struct Names(HashMap<String, Rc<str>>);
 
@@ -63,8 +64,10 @@ impl Relay {
         clock: Box<dyn Clock>,
         snapshot: Snapshot,
     ) -> Result<Relay, SnapshotError> {
+        let began = monotonic_ns();
         snapshot.validate()?;
         sockets::check_all(&snapshot)?;
+        let checked = monotonic_ns();
         let system = |err: std::io::Error| SnapshotError::Invalid(format!("poll: {err}"));
         let poll = Poll::new().map_err(system)?;
         // From here on the descriptors belong to the relay being built.
@@ -101,7 +104,7 @@ impl Relay {
         for handle in lost {
             relay.vanish(handle);
         }
-        relay.log_restored(&snapshot);
+        relay.log_restored(&snapshot, [began, checked]);
         Ok(relay)
     }
 
@@ -227,16 +230,29 @@ impl Relay {
         self.registry.restore_slot(server_id, slot, conn_ids);
     }
 
-    fn log_restored(&self, snapshot: &Snapshot) {
-        let pause = Duration::from_nanos(monotonic_ns().saturating_sub(snapshot.taken_at));
+    /// The pause (from the old image's snapshot to now) and where it
+    /// went: the exec, reading and decoding the state, checking it, and
+    /// building the loop.
+    fn log_restored(&self, snapshot: &Snapshot, [began, checked]: [u64; 2]) {
+        let now = monotonic_ns();
+        let arrived = match ARRIVED.load(Ordering::Relaxed) {
+            0 => began,
+            at => at,
+        };
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
         info!(
-            "handover_restored connections={} listeners={} slots={} binaries={} phones={} pause_ms={:.3}",
+            "handover_restored connections={} listeners={} slots={} binaries={} phones={} pause_ms={:.3} pause_cpu_ms={:.3} exec_ms={:.3} decode_ms={:.3} check_ms={:.3} build_ms={:.3}",
             self.conns.len(),
             1 + usize::from(self.metrics_listener.is_some()),
             snapshot.slots.len(),
             self.counts.binaries,
             self.counts.phones,
-            pause.as_secs_f64() * 1000.0
+            ms(snapshot.taken_at, now),
+            ms(snapshot.taken_cpu, process_cpu_ns()),
+            ms(snapshot.taken_at, arrived),
+            ms(arrived, began),
+            ms(began, checked),
+            ms(checked, now),
         );
     }
 }
@@ -277,7 +293,8 @@ fn phase(state: &PhaseState, names: &mut Names) -> Phase {
             PeerState::Challenger { server_id } => Peer::Challenger(names.get(server_id)),
             PeerState::Phone { server_id, conn_id } => Peer::Phone {
                 server_id: names.get(server_id),
-                conn_id: names.get(conn_id),
+                // Unique: shared with the registry from the connection.
+                conn_id: Rc::from(conn_id.as_str()),
             },
         }),
         PhaseState::Closing => Phase::Closing,

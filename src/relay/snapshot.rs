@@ -60,6 +60,7 @@ impl Relay {
             .collect();
         Snapshot {
             taken_at,
+            taken_cpu: crate::handover::exec::process_cpu_ns(),
             uptime: now.saturating_duration_since(self.started),
             listeners: self.listener_states(),
             conns,
