@@ -251,3 +251,20 @@ fn a_second_upgrade_follows_the_first() {
     let accepted = h.binary("twice-other");
     drop(accepted);
 }
+
+#[test]
+fn a_snapshot_naming_descriptors_that_are_not_its_sockets_is_refused_untouched() {
+    use std::os::fd::AsRawFd;
+    let mut h = Harness::new();
+    let _binary = h.binary("fd-srv");
+    h.settle();
+    let mut snapshot = h.relay.snapshot(0);
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    snapshot.conns[0].fd = file.as_raw_fd();
+    let refused = Relay::restore(config(|_| {}), Box::new(h.clock.clone()), snapshot);
+    assert!(refused.is_err(), "a file passed for a socket");
+    // Nothing was taken over: the file and the relay's sockets are as they were.
+    assert!(std::fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd())).is_ok());
+    assert_eq!(h.stats().binaries, 1);
+    let _phone = h.phone("fd-srv");
+}

@@ -538,6 +538,22 @@ mod tests {
         assert!(Snapshot::decode(&longer).is_err());
     }
 
+    /// Whatever the bytes, decoding and validating return a result: no
+    /// mutation of a real state makes either panic.
+    #[test]
+    fn no_corruption_of_the_bytes_panics() {
+        let bytes = sample().encode();
+        for at in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xFF] {
+                let mut bad = bytes.clone();
+                bad[at] ^= flip;
+                if let Ok(snapshot) = Snapshot::decode(&bad) {
+                    let _ = snapshot.validate();
+                }
+            }
+        }
+    }
+
     #[test]
     fn contradictions_are_found_before_any_socket_is_touched() {
         let mut twice = sample();
