@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod envelope;
+pub mod handover;
 pub mod http;
 pub mod limits;
 pub mod metrics;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 /// Rounding slack when comparing a bucket's tokens against one attempt.
 const TOKEN_EPSILON: f64 = 1e-9;
 
+#[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     refilled_at: Instant,
@@ -86,6 +87,33 @@ impl IpLimits {
         });
         refill(bucket, burst, interval, now);
         bucket
+    }
+}
+
+/// Hand-over of an upgrade (`handover/snapshot.rs`): each tracked IP's
+/// tokens, refilled to `now`; live counts follow from the connections.
+impl IpLimits {
+    pub fn export(&self, now: Instant) -> Vec<(IpAddr, f64)> {
+        let (burst, interval) = (self.burst, self.interval);
+        self.per_ip
+            .iter()
+            .map(|(ip, bucket)| {
+                let mut bucket = *bucket;
+                refill(&mut bucket, burst, interval, now);
+                (*ip, bucket.tokens)
+            })
+            .collect()
+    }
+
+    /// Sets `ip`'s tokens as they were at the hand-over (within the burst).
+    pub fn import(&mut self, ip: IpAddr, tokens: f64, now: Instant) {
+        let burst = self.burst;
+        let bucket = self.bucket(ip, now);
+        bucket.tokens = if tokens.is_finite() {
+            tokens.clamp(0.0, burst)
+        } else {
+            burst
+        };
     }
 }
 

@@ -2,6 +2,7 @@
 //! (SPEC §9: 0 after a graceful shutdown, 1 when a listener fails, 2 for a
 //! bad flag or configuration).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,16 +11,24 @@ use pyrycode_relay::boot::{Environment, Privileges};
 use pyrycode_relay::cli::{normalize_args, Args};
 use pyrycode_relay::push::{Push, PushConfig, ServiceAccountKey};
 use pyrycode_relay::settings::{self, Settings, Tls};
-use pyrycode_relay::{Relay, SystemClock};
+use pyrycode_relay::{handover, Relay, SystemClock};
 
 fn main() -> ExitCode {
-    let (settings, push) = match configure() {
+    let (check_mode, args) = handover::take_check_flag(std::env::args_os().collect());
+    let (settings, push) = match configure(args) {
         Ok(configured) => configured,
         Err(reason) => {
             eprintln!("pyrycode-relay: {reason}");
             return ExitCode::from(2);
         }
     };
+    if check_mode {
+        // An upgrading relay asks what this build is (src/handover/check.rs),
+        // after every check a start would run: a build that would refuse to
+        // start is refused before the old one hands over.
+        println!("{}", handover::check::report_line());
+        return ExitCode::SUCCESS;
+    }
     init_logging(settings.log_level);
     log_settings(&settings, push.as_ref());
     raise_fd_limit();
@@ -31,8 +40,8 @@ fn main() -> ExitCode {
 /// (flags, environment switches, single instance, production rules, root,
 /// capabilities); then what is not built yet. Any failure is one line of
 /// reason (SPEC §9: exit 2).
-fn configure() -> Result<(Settings, Option<PushConfig>), String> {
-    let settings = parse_args()?.into_settings(&Environment::of_this_process())?;
+fn configure(args: Vec<OsString>) -> Result<(Settings, Option<PushConfig>), String> {
+    let settings = parse_args(args)?.into_settings(&Environment::of_this_process())?;
     if settings.production {
         Privileges::of_this_process()?.check_production()?;
     }
@@ -58,8 +67,8 @@ fn push_config(push: &settings::Push) -> Result<Option<PushConfig>, String> {
 
 /// `--help` and `--version` print and exit 0 here; a bad flag is one line
 /// of reason, without clap's usage hints.
-fn parse_args() -> Result<Args, String> {
-    match Args::try_parse_from(normalize_args(std::env::args_os())) {
+fn parse_args(args: Vec<OsString>) -> Result<Args, String> {
+    match Args::try_parse_from(normalize_args(args)) {
         Ok(args) => Ok(args),
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
@@ -125,16 +134,16 @@ fn log_settings(settings: &Settings, push: Option<&PushConfig>) {
     }
 }
 
-/// Binds the listeners and runs the loop until a graceful shutdown (0);
-/// a listener that cannot be bound or fails is exit code 1.
+/// Binds the listeners (or takes over those of the image that upgraded to
+/// this one) and runs the loop until a graceful shutdown (0); a listener
+/// that cannot be bound or fails is exit code 1.
 fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
-    let listen = settings.config.listen;
-    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
-        Ok(relay) => relay,
-        Err(err) => {
-            error!("listen_failed addr={listen} error={err}");
-            return ExitCode::from(1);
-        }
+    let relay = match handover::take_inherited_state() {
+        Some(state) => restore(settings, state),
+        None => bind(settings),
+    };
+    let Some(mut relay) = relay else {
+        return ExitCode::from(1);
     };
     if let Some(config) = push {
         if let Err(err) = Push::new(config).and_then(|push| {
@@ -146,15 +155,15 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Some(addr) = settings.metrics_listen {
-        if let Err(err) = relay.listen_metrics(addr) {
-            error!("listen_failed addr={addr} error={err}");
-            return ExitCode::from(1);
-        }
-    }
     if let Err(err) = relay.handle_signals() {
         error!("signals_failed error={err}");
         return ExitCode::from(1);
+    }
+    // Blocked by the previous image across its exec: delivered from here.
+    handover::unblock_signals();
+    match handover::UpgradePlan::from_process() {
+        Ok(plan) => relay.enable_upgrades(plan),
+        Err(err) => warn!("upgrade_unavailable error={err}"),
     }
     info!(
         "listening addr={} version={}",
@@ -169,6 +178,45 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
         Err(err) => {
             error!("loop_failed error={err}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// A fresh start: binds the listeners (exit 1 if one cannot be bound).
+fn bind(settings: Settings) -> Option<Relay> {
+    let listen = settings.config.listen;
+    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
+        Ok(relay) => relay,
+        Err(err) => {
+            error!("listen_failed addr={listen} error={err}");
+            return None;
+        }
+    };
+    if let Some(addr) = settings.metrics_listen {
+        if let Err(err) = relay.listen_metrics(addr) {
+            error!("listen_failed addr={addr} error={err}");
+            return None;
+        }
+    }
+    Some(relay)
+}
+
+/// The new image of an upgrade (SIGUSR2, src/handover): the listeners and
+/// connections of the previous image, from the state it left in a memfd.
+fn restore(settings: Settings, state: std::io::Result<Vec<u8>>) -> Option<Relay> {
+    handover::exec::rename_process();
+    let restored = state
+        .map_err(|err| err.to_string())
+        .and_then(|bytes| handover::Snapshot::decode(&bytes).map_err(|err| err.to_string()))
+        .and_then(|snapshot| {
+            Relay::restore(settings.config, Box::new(SystemClock), snapshot)
+                .map_err(|err| err.to_string())
+        });
+    match restored {
+        Ok(relay) => Some(relay),
+        Err(why) => {
+            error!("handover_failed reason={why:?}");
+            None
         }
     }
 }

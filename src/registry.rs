@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// Who holds a server-id right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub struct Slot<K> {
     /// The binary's output is over its high-water mark: its phones are not
     /// read until it drains.
     pub backpressured: bool,
+    /// When the grace window ends (meaningful in `Grace` only; the relay
+    /// notes it, so that an upgrade can move the window).
+    pub grace_until: Option<Instant>,
 }
 
 /// What a claim of `/v1/server` leads to.
@@ -117,6 +121,7 @@ impl<K: Copy + Eq> Registry<K> {
                     phones: Vec::new(),
                     generation: 0,
                     backpressured: false,
+                    grace_until: None,
                 },
             );
             return Claim::Fresh;
@@ -289,6 +294,28 @@ impl<K: Copy + Eq> Registry<K> {
         self.slots
             .get(server_id)
             .map_or(&[][..], |slot| &slot.phones[..])
+    }
+}
+
+/// The grace window's end, and the hand-over of an upgrade
+/// (`relay/snapshot.rs`, `relay/restore.rs`).
+impl<K: Copy + Eq> Registry<K> {
+    /// Notes when the grace window of `server_id` ends.
+    pub fn set_grace_end(&mut self, server_id: &str, until: Instant) {
+        if let Some(slot) = self.slots.get_mut(server_id) {
+            slot.grace_until = Some(until);
+        }
+    }
+
+    /// Every slot.
+    pub fn slots(&self) -> impl Iterator<Item = (&Rc<str>, &Slot<K>)> {
+        self.slots.iter()
+    }
+
+    /// Puts back a slot as it was, and its phones' conn_ids.
+    pub fn restore_slot(&mut self, server_id: Rc<str>, slot: Slot<K>, conn_ids: Vec<(Rc<str>, K)>) {
+        self.slots.insert(server_id, slot);
+        self.phones_by_conn_id.extend(conn_ids);
     }
 }
 

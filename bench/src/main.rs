@@ -14,6 +14,7 @@ mod report;
 mod scenario;
 mod sys;
 mod target;
+mod upgrade;
 mod wsproto;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,6 +60,9 @@ enum Cmd {
     /// connections than that): its CPU use and wake-ups while accepting is
     /// paused, and how fast it serves once descriptors come back.
     FdExhaustion(FdExhaustionArgs),
+    /// SIGUSR2 in the middle of an echo load: the pause of an in-place
+    /// upgrade, frames lost and connections closed (relay only).
+    Upgrade(UpgradeArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -185,6 +189,30 @@ struct IdleArgs {
     /// How long connections are held before memory is read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     hold: Duration,
+}
+
+#[derive(Args, Debug)]
+struct UpgradeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connection counts (binaries and phones together), one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    connections: Vec<usize>,
+    /// Phones that echo through their binaries during the run.
+    #[arg(long, default_value_t = 1000)]
+    echo_phones: usize,
+    /// Echoes per second, all echoing phones together.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Phone message size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Load before the signal.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    before: Duration,
+    /// Load after the signal.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    after: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -569,6 +597,36 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         pairs: 0,
     };
     let code = match cmd {
+        Cmd::Upgrade(a) => {
+            let mut setup = setup(&a.common)?;
+            let mut outcomes = Vec::new();
+            for &connections in &a.connections {
+                let plan = upgrade::Plan {
+                    connections,
+                    echo_phones: a.echo_phones.min(connections * 16 / 17),
+                    rate: a.rate,
+                    size: a.size,
+                    before: a.before,
+                    after: a.after,
+                };
+                outcomes.push((upgrade::run(&mut setup.env, &plan)?, plan));
+            }
+            for (outcome, plan) in &outcomes {
+                upgrade::print(std::slice::from_ref(outcome), plan);
+            }
+            if let Some(path) = &setup.json {
+                let runs: Vec<Value> = outcomes.iter().map(|(o, _)| o.json()).collect();
+                let doc = json!({"machine": setup.machine, "upgrade": runs});
+                std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let clean = outcomes.iter().all(|(o, _)| o.lost == 0 && o.closed == 0);
+            return Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Cmd::EchoServer { listen } => {
             echo_server::run(listen).map_err(|e| format!("echo server: {e}"))?;
             return Ok(ExitCode::SUCCESS);

@@ -172,6 +172,11 @@ impl Conns {
         !self.resume.is_empty()
     }
 
+    /// The connections to be read again this turn.
+    pub fn resume_list(&self) -> &[Handle] {
+        &self.resume
+    }
+
     /// Every connection's handle, for a pass over all of them.
     pub fn handles(&self) -> Vec<Handle> {
         self.slab

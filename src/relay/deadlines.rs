@@ -37,6 +37,8 @@ pub(super) enum TimerKey {
     Sweep,
     /// Time to accept again after `accept` failed (out of descriptors).
     AcceptBackoff,
+    /// Time to look at a running upgrade again (`handover.rs`).
+    Upgrade,
 }
 
 fn due(deadline: Option<Instant>, now: Instant) -> bool {
@@ -78,6 +80,7 @@ impl Relay {
                     self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
                 }
                 TimerKey::AcceptBackoff => self.resume_accepting(),
+                TimerKey::Upgrade => self.upgrade_step(),
             }
         }
         self.fired = fired;

@@ -82,6 +82,7 @@ impl Relay {
         }
         busy |= self.fire_timers();
         self.flush_dirty();
+        self.hand_over_if_ready();
         Ok(busy)
     }
 
@@ -118,13 +119,18 @@ impl Relay {
         }
     }
 
+    /// SIGUSR2 starts an upgrade (`handover.rs`); SIGTERM and SIGINT a
+    /// graceful shutdown.
     fn on_signal(&mut self) {
-        let received = self
-            .signals
-            .as_mut()
-            .is_some_and(|signals| signals.pending().next().is_some());
-        if received {
-            self.shutdown();
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let pending: Vec<i32> = signals.pending().collect();
+        for signal in pending {
+            match signal {
+                signal_hook::consts::SIGUSR2 => self.on_upgrade_signal(),
+                _ => self.shutdown(),
+            }
         }
     }
 

@@ -557,6 +557,41 @@ impl Relay {
     }
 }
 
+/// A connection handed over by an upgrade (`restore.rs`) comes back in
+/// the phase it was in: the one way to make a `Conn` in any phase other
+/// than `Head`, and not a transition.
+pub struct Restored {
+    pub transport: Transport,
+    pub origin: Origin,
+    pub remote: SocketAddr,
+    pub client_ip: IpAddr,
+    pub phase: Phase,
+    pub reader: Reader,
+    pub out: Option<OutQueue>,
+    pub deadlines: Deadlines,
+    pub counted: bool,
+}
+
+impl Conn {
+    pub fn restored(id: u64, parts: Restored) -> Conn {
+        Conn {
+            id,
+            transport: parts.transport,
+            origin: parts.origin,
+            remote: parts.remote,
+            client_ip: parts.client_ip,
+            phase: parts.phase,
+            reader: parts.reader,
+            out: parts.out,
+            deadlines: parts.deadlines,
+            armed: None,
+            wants_write: false,
+            dirty: false,
+            counted: parts.counted,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

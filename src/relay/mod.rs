@@ -17,16 +17,21 @@
 //! | `deadlines.rs` | the timer wheel's entries and what each deadline does |
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
 //! | `wakes.rs` | push wakes: admitting a binary's `push_wake`, counting outcomes |
+//! | `handover.rs` | SIGUSR2: check the new executable, re-execute in place |
+//! | `snapshot.rs`, `restore.rs` | the loop's state to a `handover::Snapshot` and back |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
 mod conns;
 mod deadlines;
 mod event_loop;
+mod handover;
 mod lifecycle;
 mod read;
+mod restore;
 mod routing;
 mod slot;
+mod snapshot;
 mod upgrade;
 mod wakes;
 mod write;
@@ -121,6 +126,8 @@ pub struct Relay {
     accept_paused: bool,
     /// Back-offs in a row (for logging the first and the recovery only).
     accept_pauses: u32,
+    /// SIGUSR2: what to execute, and how far an upgrade has come.
+    upgrade: handover::Upgrades,
 }
 
 impl Relay {
@@ -128,8 +135,18 @@ impl Relay {
     /// whose time comes from `clock`.
     pub fn new(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let listener = TcpListener::bind(config.listen)?;
         deepen_backlog(&listener);
+        Relay::with_listener(config, clock, poll, listener)
+    }
+
+    /// An idle loop around a bound listener (new, or handed over).
+    fn with_listener(
+        config: Config,
+        clock: Box<dyn Clock>,
+        poll: Poll,
+        mut listener: TcpListener,
+    ) -> std::io::Result<Relay> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -160,6 +177,7 @@ impl Relay {
             drain_until: None,
             accept_paused: false,
             accept_pauses: 0,
+            upgrade: handover::Upgrades::default(),
         })
     }
 
@@ -180,12 +198,10 @@ impl Relay {
         Ok(bound)
     }
 
-    /// Turns SIGTERM and SIGINT into a graceful shutdown.
+    /// Turns SIGTERM and SIGINT into a graceful shutdown, and SIGUSR2
+    /// into an upgrade (once [`Relay::enable_upgrades`] said how).
     pub fn handle_signals(&mut self) -> std::io::Result<()> {
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-        ])?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new(crate::handover::exec::SIGNALS)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
