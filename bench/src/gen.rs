@@ -456,6 +456,11 @@ impl Gen {
             .is_some_and(|c| matches!(c.state, State::Open))
     }
 
+    /// Churning phones whose lifecycle has not ended.
+    pub fn churning(&self) -> usize {
+        self.churn_active
+    }
+
     /// Setup still running: connects queued or in progress.
     pub fn connecting(&self) -> bool {
         self.pending_connects > 0 || !self.connect_queue.is_empty()

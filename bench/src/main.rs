@@ -138,6 +138,10 @@ struct SuiteArgs {
     /// Concurrent phone lifecycles of the churn runs.
     #[arg(long, default_value_t = 64)]
     churn_concurrency: usize,
+    /// How long the relay rests after each churn run before its RSS at
+    /// rest is read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    churn_rest: Duration,
     /// Measured window of each closed-loop and churn run.
     #[arg(long, default_value = "4s", value_parser = parse_duration)]
     duration: Duration,
@@ -261,6 +265,10 @@ struct ChurnArgs {
     /// Load before the measured window.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
+    /// How long the relay rests (binaries only) after the churn before
+    /// its RSS at rest is read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    rest: Duration,
 }
 
 /// `5s`, `500ms`, `1.5s`, `2m`.
@@ -628,7 +636,15 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             }
             eprintln!("== churn");
             runner.pair(env, ha, |env, kind| {
-                env.churn(kind, a.churn_concurrency, 4, a.size, a.warmup, a.duration)
+                env.churn(
+                    kind,
+                    a.churn_concurrency,
+                    4,
+                    a.size,
+                    a.warmup,
+                    a.duration,
+                    a.churn_rest,
+                )
             });
             if !a.no_fanout {
                 eprintln!("== fanout");
@@ -762,6 +778,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     a.size,
                     a.warmup,
                     a.duration,
+                    a.rest,
                 )
             });
             finish(&setup, &runner, &header(&setup), None, "")
