@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod envelope;
+pub mod heap;
 pub mod http;
 pub mod limits;
 pub mod metrics;
