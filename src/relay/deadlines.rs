@@ -10,7 +10,7 @@ use log::{debug, info};
 
 use super::conn::{Peer, Phase};
 use super::routing::Ending;
-use super::{Relay, TimerKey, SWEEP_INTERVAL};
+use super::{Relay, TimerKey, SWEEP_INTERVAL, TRIM_INTERVAL};
 use crate::registry::ConnKey;
 use crate::ws::{self, close, FrameKind};
 
@@ -52,6 +52,10 @@ impl Relay {
                 TimerKey::Sweep => {
                     self.limits.sweep(now);
                     self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
+                }
+                TimerKey::Trim => {
+                    self.trim_idle_memory();
+                    self.timers.schedule(now + TRIM_INTERVAL, TimerKey::Trim);
                 }
                 TimerKey::AcceptBackoff => self.resume_accepting(),
             }

@@ -22,6 +22,7 @@ mod deadlines;
 mod io;
 mod routing;
 mod session;
+mod trim;
 mod upgrade;
 
 use std::io::ErrorKind;
@@ -51,6 +52,9 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 const SCRATCH_SIZE: usize = 64 * 1024;
 /// How often per-IP rate-limit state of idle IPs is forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often capacity left idle by past load is given back (`trim`): a
+/// pooled buffer unused for this long is freed within twice this.
+const TRIM_INTERVAL: Duration = Duration::from_secs(4);
 /// How long accepting pauses after `accept` failed (EMFILE, ENFILE, ...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -64,6 +68,8 @@ enum TimerKey {
     Drain,
     /// Time to forget idle IPs in the rate limiter.
     Sweep,
+    /// Time to give back capacity that past load left idle.
+    Trim,
     /// Time to accept again after `accept` failed (out of descriptors).
     AcceptBackoff,
 }
@@ -159,6 +165,7 @@ impl Relay {
         let now = clock.now();
         let mut timers = TimerWheel::new(now);
         timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
+        timers.schedule(now + TRIM_INTERVAL, TimerKey::Trim);
         Ok(Relay {
             limits: IpLimits::new(config.rate_limit_burst, config.rate_limit_interval),
             config,
