@@ -10,10 +10,11 @@
 //! Memory follows the entries, not their peak. A slot's vector holds the
 //! entries of one tick for at most one revolution; once its tick has fired
 //! and it is empty, the vector leaves the slot. A few emptied vectors (at
-//! most [`SPARE_ENTRIES`] entries of capacity in all) are kept for the next
-//! slots to fill, so steady load allocates nothing; the rest are freed.
-//! Without this, every one of the 4,096 slots kept the capacity of the
-//! busiest tick it ever saw: ~40 MB after a minute of connection churn.
+//! most [`SPARE_ENTRIES`] entries of capacity in all, each one that was at
+//! least a quarter full) are kept for the next slots to fill, so steady
+//! load allocates nothing; the rest are freed. Without this, every one of
+//! the 4,096 slots kept the capacity of the busiest tick it ever saw:
+//! ~40 MB after a minute of connection churn.
 
 use std::time::{Duration, Instant};
 
@@ -43,11 +44,19 @@ pub struct TimerWheel<K> {
     spare: Vec<Vec<(u64, K)>>,
     /// Capacity of the vectors in `spare`, in entries.
     spare_entries: usize,
+    /// The most `spare_entries` may be.
+    spare_budget: usize,
 }
 
 impl<K> TimerWheel<K> {
     /// An empty wheel whose tick 0 is `epoch`.
     pub fn new(epoch: Instant) -> Self {
+        Self::with_spare_budget(epoch, SPARE_ENTRIES)
+    }
+
+    /// An empty wheel keeping at most `entries` entries of capacity in
+    /// spare slot vectors (0: every drained slot's vector is freed).
+    pub fn with_spare_budget(epoch: Instant, entries: usize) -> Self {
         TimerWheel {
             epoch,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
@@ -57,6 +66,7 @@ impl<K> TimerWheel<K> {
             len: 0,
             spare: Vec::new(),
             spare_entries: 0,
+            spare_budget: entries,
         }
     }
 
@@ -100,6 +110,7 @@ impl<K> TimerWheel<K> {
         for tick in self.next_tick..self.next_tick + span {
             let index = (tick % SLOTS as u64) as usize;
             let slot = &mut self.slots[index];
+            let held = slot.len();
             let mut i = 0;
             while i < slot.len() {
                 if slot[i].0 <= now_tick {
@@ -109,14 +120,17 @@ impl<K> TimerWheel<K> {
                     i += 1;
                 }
             }
-            self.release(index);
+            self.release(index, held);
         }
         self.next_tick = now_tick + 1;
     }
 
-    /// Gives back the capacity a slot no longer needs: an empty slot's
-    /// vector goes to the spares (or is freed), a mostly empty one shrinks.
-    fn release(&mut self, index: usize) {
+    /// Gives back the capacity a slot no longer needs, once its tick has
+    /// fired (it `held` that many entries then). An emptied vector goes to
+    /// the spares if it was at least a quarter full, or is freed: a vector
+    /// sized by a burst and then handed to a quiet slot does not circulate
+    /// for ever. A slot left mostly empty by a later revolution shrinks.
+    fn release(&mut self, index: usize, held: usize) {
         let slot = &mut self.slots[index];
         let capacity = slot.capacity();
         if slot.is_empty() {
@@ -124,7 +138,8 @@ impl<K> TimerWheel<K> {
                 return;
             }
             let vector = std::mem::take(slot);
-            if self.spare_entries + capacity <= SPARE_ENTRIES {
+            let well_used = held * 4 >= capacity;
+            if well_used && self.spare_entries + capacity <= self.spare_budget {
                 self.spare_entries += capacity;
                 self.spare.push(vector);
             }
@@ -340,6 +355,29 @@ mod tests {
         let before = wheel.spare_entries;
         fire(&mut wheel, t0 + TICK * 40);
         assert!(wheel.spare_entries <= before + 64);
+    }
+
+    #[test]
+    fn a_burst_sized_vector_does_not_circulate_among_quiet_slots() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0);
+        let entry = std::mem::size_of::<(u64, u32)>();
+        // A burst: 400 entries a tick for 2 s, each due 1 s later.
+        churn(&mut wheel, t0, 200, 400, Duration::from_secs(1));
+        // Then quiet traffic for two revolutions: one entry a tick, due
+        // 30 s later, so some slot takes a spare every tick.
+        let quiet = t0 + TICK * 200;
+        churn(
+            &mut wheel,
+            quiet,
+            2 * SLOTS as u32,
+            1,
+            Duration::from_secs(30),
+        );
+        // ~3,000 slots hold one entry each: without the quarter rule they
+        // would keep the burst's 512-entry vectors (60 MB in the relay).
+        let per_slot = wheel.allocated_bytes().saturating_sub(table_bytes()) / wheel.len();
+        assert!(per_slot <= 8 * entry, "{per_slot} bytes per entry");
     }
 
     #[test]
