@@ -11,6 +11,7 @@ mod echo_server;
 mod gen;
 mod report;
 mod scenario;
+mod soak;
 mod sys;
 mod target;
 mod wsproto;
@@ -52,8 +53,11 @@ enum Cmd {
     /// Binaries push to their phones (relay only).
     Fanout(FanoutArgs),
     /// Phones connect, exchange one message, disconnect, continuously:
-    /// upgrades/s and upgrade latency.
+    /// upgrades/s and upgrade latency; RSS before, at peak and at rest.
     Churn(ChurnArgs),
+    /// Idle phones, echo and churn together for a long time (relay only):
+    /// RSS sampled throughout, an upward trend over the last half flagged.
+    Soak(SoakArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -271,6 +275,42 @@ struct ChurnArgs {
     rest: Duration,
 }
 
+#[derive(Args, Debug)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    /// How long the mixed load runs.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// RSS sampling interval.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Phones that only hold their connection.
+    #[arg(long, default_value_t = 1000)]
+    idle_phones: usize,
+    /// Phones that take turns sending at --rate.
+    #[arg(long, default_value_t = 100)]
+    echo_phones: usize,
+    /// Phones per simulated binary (server-id).
+    #[arg(long, default_value_t = 16)]
+    phones_per_binary: usize,
+    /// Echoes per second over all echo phones (open loop; 0: no echo).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Churning phone lifecycles in progress at most (0: no churn).
+    #[arg(long, default_value_t = 16)]
+    churn_concurrency: usize,
+    /// New churning lifecycles per second (0: as fast as the concurrency allows).
+    #[arg(long, default_value_t = 1000.0)]
+    churn_rate: f64,
+    /// Phone message size in bytes (a padded noise_msg JSON frame).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// How long the relay rests after the load before its RSS at rest is read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    rest: Duration,
+}
+
 /// `5s`, `500ms`, `1.5s`, `2m`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -286,8 +326,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let v: f64 = num
         .parse()
         .map_err(|_| format!("{text:?}: not a duration"))?;
-    if !(0.0..=3600.0).contains(&(v * mult)) {
-        return Err(format!("{text:?}: between 0 and 1 hour"));
+    if !(0.0..=86400.0).contains(&(v * mult)) {
+        return Err(format!("{text:?}: between 0 and 24 hours"));
     }
     Ok(Duration::from_secs_f64(v * mult))
 }
@@ -557,6 +597,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         pairs: 0,
     };
     let code = match cmd {
+        Cmd::Soak(a) => return soak(a),
         Cmd::EchoServer { listen } => {
             echo_server::run(listen).map_err(|e| format!("echo server: {e}"))?;
             return Ok(ExitCode::SUCCESS);
@@ -785,6 +826,47 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         }
     };
     Ok(code)
+}
+
+fn soak(a: SoakArgs) -> Result<ExitCode, String> {
+    if a.interval.is_zero() {
+        return Err("--interval must be more than 0".into());
+    }
+    let mut setup = setup(&a.common)?;
+    let params = soak::SoakParams {
+        duration: a.duration,
+        interval: a.interval,
+        idle_phones: a.idle_phones,
+        echo_phones: a.echo_phones,
+        phones_per_binary: a.phones_per_binary.max(1),
+        rate: a.rate.max(0.0),
+        churn_concurrency: a.churn_concurrency,
+        churn_rate: a.churn_rate.max(0.0),
+        size: a.size,
+        rest: a.rest,
+    };
+    let result = setup.env.soak(&params)?;
+    result.print(&header(&setup));
+    if let Some(path) = &setup.json {
+        let mut machine = setup.machine.clone();
+        machine["load_average_at_end"] = json!(loadavg());
+        let doc = json!({"machine": machine, "soak": result.json()});
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("json: {}", path.display());
+    }
+    if result.errors.count > 0 {
+        eprintln!(
+            "\nrelay-bench: {} protocol or connection errors during the soak: {}",
+            result.errors.count,
+            result.errors.samples.join("; ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if result.trend.verdict == soak::Verdict::Upward {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn kinds(ha: bool) -> Vec<Kind> {

@@ -313,7 +313,7 @@ impl Env {
         Ok(())
     }
 
-    fn start(
+    pub(crate) fn start(
         &mut self,
         kind: Kind,
         phones_per_server: usize,
@@ -327,7 +327,12 @@ impl Env {
         }
     }
 
-    fn generator(&self, running: &Running, mode: Mode, size: usize) -> Result<Gen, String> {
+    pub(crate) fn generator(
+        &self,
+        running: &Running,
+        mode: Mode,
+        size: usize,
+    ) -> Result<Gen, String> {
         let target = Target {
             addr: running.addr,
             host: running.addr.to_string(),
@@ -336,7 +341,7 @@ impl Env {
         Gen::new(target, mode, size, self.sources.clone()).map_err(|e| format!("generator: {e}"))
     }
 
-    fn log(&self, text: &str) {
+    pub(crate) fn log(&self, text: &str) {
         if self.verbose {
             eprintln!("  {text}");
         }
@@ -344,7 +349,7 @@ impl Env {
 
     /// Connects `binaries` binaries and then `phones` phones; fails if any
     /// of them did not open.
-    fn populate(
+    pub(crate) fn populate(
         &self,
         gen: &mut Gen,
         running: &mut Running,
@@ -662,9 +667,10 @@ impl Env {
 
 impl Env {
     /// Lets the phone lifecycles in progress finish, then keeps only the
-    /// binaries (pings answered) for `rest`, sampling the proxy's RSS once
-    /// a second.
-    fn rest(&self, gen: &mut Gen, pid: u32, rest: Duration) -> Result<Rest, String> {
+    /// connections that stay (binaries, idle phones; pings answered) for
+    /// `rest`, sampling the proxy's RSS once a second. Call after
+    /// `stop_sending`.
+    pub(crate) fn rest(&self, gen: &mut Gen, pid: u32, rest: Duration) -> Result<Rest, String> {
         gen.run_until(Instant::now() + Duration::from_secs(5), |g| {
             g.churning() == 0
         });
@@ -690,7 +696,7 @@ impl Env {
     }
 }
 
-fn sample(pid: u32) -> Result<ProcSample, String> {
+pub(crate) fn sample(pid: u32) -> Result<ProcSample, String> {
     sys::sample(pid).map_err(|e| format!("/proc/{pid}: {e}"))
 }
 
@@ -712,7 +718,7 @@ impl Window {
 }
 
 /// (utime+stime µs, schedstat µs, CPU percent by utime+stime).
-fn cpu(a: &ProcSample, b: &ProcSample) -> (u64, f64, f64) {
+pub(crate) fn cpu(a: &ProcSample, b: &ProcSample) -> (u64, f64, f64) {
     let us = b.cpu_us.saturating_sub(a.cpu_us);
     let sched = b.sched_ns.saturating_sub(a.sched_ns) as f64 / 1000.0;
     let wall = b.at.duration_since(a.at).as_secs_f64() * 1e6;

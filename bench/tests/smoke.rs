@@ -73,6 +73,8 @@ fn every_scenario_runs_briefly_against_the_relay() {
             "400",
             "--churn-concurrency",
             "4",
+            "--churn-rest",
+            "300ms",
         ])
         .args(["--duration", "600ms", "--open-duration", "500ms"])
         .args(["--warmup", "200ms", "--hold", "200ms", "--sources", "3"])
@@ -129,11 +131,89 @@ fn every_scenario_runs_briefly_against_the_relay() {
     let churn = find("churn", "4 at a time");
     assert!(churn["upgrades"].as_u64().unwrap() > 0, "{churn:#}");
     assert!(churn["upgrade_latency"]["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(
+        churn["rest"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{churn:#}"
+    );
+    assert!(!churn["rest"]["samples"].as_array().unwrap().is_empty());
+    assert!(stdout.contains("## churn memory"), "{stdout}");
 
     let fanout = find("fanout", "1 in flight");
     assert!(fanout["completed"].as_u64().unwrap() > 10, "{fanout:#}");
 
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("relay p99"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tiny_soak_samples_the_relay_under_its_mixed_load() {
+    let relay = relay_binary();
+    let dir = std::env::temp_dir().join(format!("relay-bench-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("soak.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .arg("soak")
+        .arg("--relay")
+        .arg(&relay)
+        .args([
+            "--quiet",
+            "--sources",
+            "3",
+            "--duration",
+            "1s",
+            "--interval",
+            "250ms",
+        ])
+        .args([
+            "--idle-phones",
+            "6",
+            "--echo-phones",
+            "3",
+            "--phones-per-binary",
+            "3",
+        ])
+        .args([
+            "--rate",
+            "200",
+            "--churn-concurrency",
+            "2",
+            "--churn-rate",
+            "40",
+        ])
+        .args(["--rest", "300ms"])
+        .args([
+            "--relay-arg=--ping-interval=100ms",
+            "--relay-arg=--pong-timeout=400ms",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run relay-bench soak");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "relay-bench soak failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("## soak"), "{stdout}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let soak = &doc["soak"];
+    assert_eq!(soak["errors"], 0, "{soak:#}");
+    assert_eq!(soak["params"]["binaries"], 3);
+    let samples = soak["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{soak:#}");
+    let total = |key: &str| {
+        samples
+            .iter()
+            .map(|s| s[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(total("echoes") > 0, "{soak:#}");
+    assert!(total("churn_cycles") > 0, "{soak:#}");
+    assert!(samples.iter().all(|s| s["rss_bytes"].as_u64().unwrap() > 0));
+    // A second of samples is too short for a verdict on the trend.
+    assert_eq!(soak["trend"]["verdict"], "too short to judge");
+    assert!(soak["rest"]["rss_bytes"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
