@@ -217,7 +217,7 @@ fn print_churn_memory(churn: &[&Measurement]) {
     };
     println!();
     println!(
-        "## churn memory: VmRSS before the burst, its peak (VmHWM), and at rest {after:.0} s after it (binaries only)"
+        "## churn memory: VmRSS before the burst, its peak (VmHWM), and at rest {after:.0} s after it (relay: its binaries still connected)"
     );
     println!(
         "{:<8} {:<14} {:>12} {:>10} {:>10} {:>10} {:>9}",
