@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod envelope;
 pub mod handover;
+pub mod heap;
 pub mod http;
 pub mod limits;
 pub mod metrics;

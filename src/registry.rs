@@ -295,6 +295,24 @@ impl<K: Copy + Eq> Registry<K> {
             .get(server_id)
             .map_or(&[][..], |slot| &slot.phones[..])
     }
+
+    /// Gives back the room of maps a burst left mostly empty (at most a
+    /// quarter full): they keep twice their length.
+    pub fn shrink(&mut self) {
+        shrink_map(&mut self.slots);
+        shrink_map(&mut self.phones_by_conn_id);
+    }
+
+    /// Entries the two maps have room for: (server-ids, phones).
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.slots.capacity(), self.phones_by_conn_id.capacity())
+    }
+}
+
+fn shrink_map<V>(map: &mut HashMap<Rc<str>, V>) {
+    if map.len() * 4 <= map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
 }
 
 /// The grace window's end, and the hand-over of an upgrade
@@ -322,6 +340,25 @@ impl<K: Copy + Eq> Registry<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drained_maps_give_back_their_room() {
+        let mut registry = Registry::default();
+        let sid: Rc<str> = Rc::from("s");
+        registry.claim(&sid, 0);
+        for phone in 1..=5000 {
+            registry.add_conn_id(Rc::from(format!("c{phone}")), phone);
+        }
+        for phone in 1..=5000 {
+            registry.leave(&sid, &format!("c{phone}"), phone);
+        }
+        registry.add_conn_id(Rc::from("kept"), 7);
+        assert!(registry.capacity().1 >= 5000);
+        registry.shrink();
+        assert!(registry.capacity().1 < 16);
+        assert_eq!(registry.phone("kept"), Some(7));
+        assert_eq!(registry.binary("s"), Some(0));
+    }
 
     fn id(name: &str) -> Rc<str> {
         Rc::from(name)

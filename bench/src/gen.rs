@@ -119,6 +119,15 @@ struct OpenLoop {
     start: Instant,
     sent: u64,
     rr: usize,
+    /// The first this many phones take turns sending.
+    phones: usize,
+}
+
+/// Churn paced to a rate of new lifecycles.
+struct ChurnPace {
+    rate: f64,
+    start: Instant,
+    started: u64,
 }
 
 /// Figures collected since the last [`Gen::reset_stats`].
@@ -133,6 +142,8 @@ pub struct Stats {
     pub upgrade: Histogram<u64>,
     pub upgrades: u64,
     pub close_notices: u64,
+    /// Churning phones whose close handshake completed (also in `completed`).
+    pub churn_cycles: u64,
 }
 
 impl Stats {
@@ -145,6 +156,7 @@ impl Stats {
             upgrade: hist(),
             upgrades: 0,
             close_notices: 0,
+            churn_cycles: 0,
         }
     }
 }
@@ -182,6 +194,7 @@ pub struct Gen {
     sending: bool,
     open_loop: Option<OpenLoop>,
     churn_concurrency: usize,
+    churn_pace: Option<ChurnPace>,
     churn_active: usize,
     next_phone_index: usize,
     pub stats: Stats,
@@ -250,6 +263,7 @@ impl Gen {
             sending: false,
             open_loop: None,
             churn_concurrency: 0,
+            churn_pace: None,
             churn_active: 0,
             next_phone_index: 0,
             stats: Stats::new(),
@@ -410,6 +424,11 @@ impl Gen {
     /// Open loop: phones send `rate` messages per second in total, each
     /// timed from its scheduled send time (no coordinated omission).
     pub fn start_open_loop(&mut self, rate: f64) {
+        self.start_open_loop_on(rate, self.phones.len());
+    }
+
+    /// Open loop over the first `phones` phones only (the others idle).
+    pub fn start_open_loop_on(&mut self, rate: f64, phones: usize) {
         self.sending = true;
         self.in_flight = 0;
         self.open_loop = Some(OpenLoop {
@@ -417,6 +436,7 @@ impl Gen {
             start: Instant::now(),
             sent: 0,
             rr: 0,
+            phones: phones.min(self.phones.len()),
         });
         sys::tighten_timer_slack();
     }
@@ -427,11 +447,36 @@ impl Gen {
         self.sending = true;
     }
 
+    /// Churn, starting at most `rate` lifecycles a second.
+    pub fn start_paced_churn(&mut self, concurrency: usize, rate: f64) {
+        self.churn_pace = Some(ChurnPace {
+            rate,
+            start: Instant::now(),
+            started: 0,
+        });
+        self.start_churn(concurrency);
+    }
+
     /// Stops sending new messages and starting new lifecycles.
     pub fn stop_sending(&mut self) {
         self.sending = false;
         self.open_loop = None;
         self.churn_concurrency = 0;
+        self.churn_pace = None;
+    }
+
+    /// Whether the pace allows one more churn lifecycle now.
+    fn churn_due(&mut self) -> bool {
+        let Some(pace) = self.churn_pace.as_mut() else {
+            return true;
+        };
+        let elapsed = pace.start.elapsed().as_secs_f64();
+        if (pace.started as f64) < elapsed * pace.rate + 1.0 {
+            pace.started += 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Fanout: every phone says hello so that its binary learns its conn_id.
@@ -454,6 +499,11 @@ impl Gen {
         self.conns
             .get(key)
             .is_some_and(|c| matches!(c.state, State::Open))
+    }
+
+    /// Churning phones whose lifecycle has not ended.
+    pub fn churning(&self) -> usize {
+        self.churn_active
     }
 
     /// Setup still running: connects queued or in progress.
@@ -723,6 +773,7 @@ impl Gen {
                         conn.state = State::AwaitEof;
                         if let Role::Phone { churn: true, .. } = conn.role {
                             self.stats.completed += 1;
+                            self.stats.churn_cycles += 1;
                         }
                     }
                     State::Open => {
@@ -935,7 +986,7 @@ impl Gen {
     }
 
     fn spawn_churners(&mut self) {
-        while self.sending && self.churn_active < self.churn_concurrency {
+        while self.sending && self.churn_active < self.churn_concurrency && self.churn_due() {
             let index = self.next_phone_index;
             self.next_phone_index += 1;
             let binary = if self.target.relay {
@@ -974,7 +1025,7 @@ impl Gen {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(ol.start).as_secs_f64();
         let due = (elapsed * ol.rate) as u64 + 1;
-        let phones = self.phones.len();
+        let phones = ol.phones;
         let mut batch = 0;
         while ol.sent < due && batch < 4096 && phones > 0 {
             let at = ol.start + Duration::from_secs_f64(ol.sent as f64 / ol.rate);

@@ -189,6 +189,14 @@ impl Conns {
         self.slab.iter().map(|(_, conn)| conn)
     }
 
+    /// Gives back the table's room once a burst left it at most a quarter
+    /// full (only the vacant entries after the last live one can go).
+    pub fn shrink(&mut self) {
+        if self.slab.capacity() > 64 && self.slab.len() * 4 <= self.slab.capacity() {
+            self.slab.shrink_to_fit();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.slab.len()
     }

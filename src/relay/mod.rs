@@ -19,6 +19,7 @@
 //! | `wakes.rs` | push wakes: admitting a binary's `push_wake`, counting outcomes |
 //! | `handover.rs` | SIGUSR2: check the new executable, re-execute in place |
 //! | `snapshot.rs`, `restore.rs` | the loop's state to a `handover::Snapshot` and back |
+//! | `trim.rs` | giving back capacity that past load left idle |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
@@ -32,6 +33,7 @@ mod restore;
 mod routing;
 mod slot;
 mod snapshot;
+mod trim;
 mod upgrade;
 mod wakes;
 mod write;
@@ -51,7 +53,7 @@ use crate::push::Push;
 use crate::registry::Registry;
 use crate::timer::TimerWheel;
 use conns::{Conns, Handle};
-use deadlines::{TimerKey, SWEEP_INTERVAL};
+use deadlines::{TimerKey, SWEEP_INTERVAL, TRIM_INTERVAL};
 use event_loop::{Readiness, LISTENER, METRICS_LISTENER, SIGNALS};
 
 /// A snapshot of the loop's counters.
@@ -153,6 +155,7 @@ impl Relay {
         let now = clock.now();
         let mut timers = TimerWheel::new(now);
         timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
+        timers.schedule(now + TRIM_INTERVAL, TimerKey::Trim);
         Ok(Relay {
             limits: IpLimits::new(config.rate_limit_burst, config.rate_limit_interval),
             config,
