@@ -10,6 +10,7 @@
 mod echo_server;
 mod gen;
 mod report;
+mod scale;
 mod scenario;
 mod sys;
 mod target;
@@ -54,6 +55,10 @@ enum Cmd {
     /// Phones connect, exchange one message, disconnect, continuously:
     /// upgrades/s and upgrade latency.
     Churn(ChurnArgs),
+    /// Three relays behind two peered HAProxy balancers (deploy/haproxy.cfg):
+    /// routing, a relay killed and restarted, a rolling restart
+    /// (`make test-scale`).
+    ScaleTest(scale::ScaleArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -549,6 +554,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         pairs: 0,
     };
     let code = match cmd {
+        Cmd::ScaleTest(a) => return Ok(scale::run(a)),
         Cmd::EchoServer { listen } => {
             echo_server::run(listen).map_err(|e| format!("echo server: {e}"))?;
             return Ok(ExitCode::SUCCESS);
