@@ -59,6 +59,10 @@ enum Cmd {
     /// routing, a relay killed and restarted, a rolling restart
     /// (`make test-scale`).
     ScaleTest(scale::ScaleArgs),
+    /// What HAProxy in front of a relay costs (deploy/haproxy.cfg), beside
+    /// the same relay reached directly: CPU per message and per
+    /// connection, memory per connection, latency.
+    Balanced(scale::capacity::BalancedArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -555,6 +559,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
     };
     let code = match cmd {
         Cmd::ScaleTest(a) => return Ok(scale::run(a)),
+        Cmd::Balanced(a) => return scale::capacity::run(a),
         Cmd::EchoServer { listen } => {
             echo_server::run(listen).map_err(|e| format!("echo server: {e}"))?;
             return Ok(ExitCode::SUCCESS);

@@ -24,6 +24,7 @@
 //! every expectation held, 1 with the failed one otherwise, 2 when the
 //! test could not run.
 
+pub mod capacity;
 mod client;
 pub mod haproxy;
 mod peers;

@@ -366,6 +366,10 @@ impl Balancer {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// One command on the stats socket; its answer.
     pub fn ask(&self, command: &str) -> Result<String, String> {
         let mut s = UnixStream::connect(&self.stats).map_err(|e| e.to_string())?;
