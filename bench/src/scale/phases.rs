@@ -437,8 +437,8 @@ impl Run {
             "   {name} UP on both balancers (main and control backends) after {}",
             secs(t.elapsed())
         );
-        self.check_stick_tables(moved, &name)?;
         self.probe_moved(moved, &name)?;
+        self.check_stick_tables(moved, &name)?;
         let undisturbed = self.others_undisturbed(&[], t)?;
         println!("   all {undisturbed} server-ids: 0 disconnects while {name} came back");
         Ok(())
