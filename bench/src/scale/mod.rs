@@ -14,6 +14,9 @@
 //! 3. **return**: start it again. Phones dialling a moved server-id (on
 //!    either balancer) still reach its binary, thanks to the stick table;
 //!    the same dial through a control backend without it gets 4404.
+//! 3. **hang**: SIGSTOP the busiest relay. The health checks mark it down
+//!    and the balancers cut its tunnels; its peers move, the others stay.
+//!    SIGCONT, and it is UP again.
 //! 4. **rolling restart**: SIGTERM one relay while its peers have frames
 //!    in flight; every frame it had accepted (its own counters) is
 //!    delivered before its 1001, and its peers recover once it is back.

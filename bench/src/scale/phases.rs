@@ -23,6 +23,11 @@ const PHONE_ATTEMPTS: u32 = BINARY_ATTEMPTS + 1;
 /// Time allowed on top of the back-off waits (connects, handshakes, the
 /// first echo) on a shared 2-core machine.
 const SLACK: Duration = Duration::from_secs(3);
+/// How long the balancers may take to cut a hung relay's tunnels
+/// (deploy/haproxy.cfg: `inter 2s fall 2`; a check times out after
+/// `inter`): the next check starts within 2 s of the hang and fails 2 s
+/// later, the second starts 2 s after that and fails 2 s later.
+const HEALTH_DETECTION: Duration = Duration::from_secs(8);
 /// Rolling restart: frames each phone, and each binary to each phone,
 /// sends while the relay's peers are not reading.
 const PHONE_BURST: Burst = Burst {
@@ -86,6 +91,7 @@ impl Run {
             .and_then(|_| self.route())
             .and_then(|_| self.kill())
             .and_then(|moved| self.restore(&moved))
+            .and_then(|_| self.hang())
             .and_then(|_| self.rolling_restart())
             .and_then(|_| self.finish());
         if result.is_err() {
@@ -284,10 +290,16 @@ impl Run {
     /// Waits until the binaries of `ids` connected and their phones
     /// exchanged again after `t`, within the back-off bounds; prints the
     /// recovery times.
-    fn recovery(&self, ids: &[usize], t: Instant, avoid: Option<&str>) -> Result<(), String> {
+    fn recovery(
+        &self,
+        ids: &[usize],
+        t: Instant,
+        avoid: Option<&str>,
+        detect: Duration,
+    ) -> Result<(), String> {
         let shared = &self.fleet.shared;
-        let binary_bound = Backoff::bound(BINARY_ATTEMPTS) + SLACK;
-        let phone_bound = Backoff::bound(PHONE_ATTEMPTS) + SLACK;
+        let binary_bound = detect + Backoff::bound(BINARY_ATTEMPTS) + SLACK;
+        let phone_bound = detect + Backoff::bound(PHONE_ATTEMPTS) + SLACK;
         let connected = |i: usize| {
             let log = shared.ids[i].binary.log();
             log.first_since(t, |e| matches!(e, Event::Connected(_)))
@@ -390,14 +402,58 @@ impl Run {
             ids.len() * PHONES_PER_ID,
             spread(phone_times)
         );
+        let detection = if detect.is_zero() {
+            String::new()
+        } else {
+            format!("{} to be cut + ", secs(detect))
+        };
         println!(
-            "   (bounds: binaries within {BINARY_ATTEMPTS} back-off steps + {} = {}, phones within {PHONE_ATTEMPTS} + {} = {})",
+            "   (bounds: binaries {detection}{BINARY_ATTEMPTS} back-off steps + {} = {}, phones {detection}{PHONE_ATTEMPTS} steps + {} = {})",
             secs(SLACK),
             secs(binary_bound),
             secs(SLACK),
             secs(phone_bound)
         );
         self.check_colocated()
+    }
+
+    /// Phase 3b: SIGSTOP the busiest relay (a hung process, or a machine
+    /// gone without closing anything). The balancers' health checks mark
+    /// it down and cut its tunnels (`on-marked-down shutdown-sessions`);
+    /// its peers redial elsewhere. Then SIGCONT, and it comes back.
+    fn hang(&mut self) -> Result<(), String> {
+        let target = self.busiest();
+        let name = self.relays[target].name.clone();
+        let ids = self.ids_on(&name);
+        println!(
+            "\n== hang: SIGSTOP {name} ({} server-ids), SIGCONT after its peers moved",
+            ids.len()
+        );
+        let t = Instant::now();
+        self.relays[target].signal(libc::SIGSTOP);
+        self.recovery(&ids, t, Some(&name), HEALTH_DETECTION)?;
+        let cut = ids
+            .iter()
+            .filter_map(|&i| {
+                self.fleet.shared.ids[i]
+                    .binary
+                    .log()
+                    .first_since(t, |e| matches!(e, Event::Ended(_)))
+            })
+            .map(|at| at - t)
+            .collect();
+        println!("   tunnels cut by the balancer after {}", spread(cut));
+        let others = self.others_undisturbed(&ids, t)?;
+        println!("   the other {others} server-ids: 0 disconnects");
+        self.relays[target].signal(libc::SIGCONT);
+        let back = Instant::now();
+        if !wait_for(Duration::from_secs(20), || {
+            self.lbs.iter().all(|lb| lb.is_up(&name))
+        }) {
+            return Err(format!("{name} was not UP again within 20 s of SIGCONT"));
+        }
+        println!("   SIGCONT: {name} UP again after {}", secs(back.elapsed()));
+        Ok(())
     }
 
     /// Phase 2: SIGKILL the busiest relay. Returns the server-ids it held.
@@ -413,7 +469,7 @@ impl Run {
         );
         let t = Instant::now();
         self.relays[victim].kill();
-        self.recovery(&moved, t, Some(&name))?;
+        self.recovery(&moved, t, Some(&name), Duration::ZERO)?;
         let others = self.others_undisturbed(&moved, t)?;
         println!("   the other {others} server-ids: 0 disconnects");
         Ok(moved)
@@ -569,7 +625,7 @@ impl Run {
         );
         self.check_bursts(&ids, t, expected)?;
         self.fleet.shared.sending.store(true, Ordering::SeqCst);
-        self.recovery(&ids, t, None)?;
+        self.recovery(&ids, t, None, Duration::ZERO)?;
         let others = self.others_undisturbed(&ids, t)?;
         println!("   the other {others} server-ids: 0 disconnects");
         Ok(())

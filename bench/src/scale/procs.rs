@@ -174,6 +174,13 @@ impl Relay {
         }
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            signal(child, sig);
+        }
+    }
+
     /// SIGTERM, without waiting.
     pub fn sigterm(&self) {
         if let Some(child) = &self.child {
