@@ -134,7 +134,8 @@ struct Ctx {
 
 pub fn run(a: BalancedArgs) -> Result<ExitCode, String> {
     let fd_limit = sys::raise_nofile();
-    let pin = !a.no_pin && sys::online_cpus() >= 2 && sys::pin_current_thread(1).is_ok();
+    let cpus = sys::online_cpus();
+    let pin = !a.no_pin && cpus >= 2 && sys::pin_current_thread(1).is_ok();
     let workdir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
     let ctx = Ctx {
@@ -155,9 +156,14 @@ pub fn run(a: BalancedArgs) -> Result<ExitCode, String> {
         haproxy_cpu: a.haproxy_cpu.filter(|_| pin),
     };
     println!(
-        "# relay-bench balanced — {} CPUs; relay on CPU 0, generator on CPU 1, HAProxy {} (nbthread 1, {}); load average {}",
-        sys::online_cpus(),
-        ctx.haproxy_cpu.map_or("not pinned".into(), |c| format!("on CPU {c}")),
+        "# relay-bench balanced — {cpus} CPUs; {}, HAProxy {} (nbthread 1, {}); load average {}",
+        if pin {
+            "relay on CPU 0, generator on CPU 1"
+        } else {
+            "relay and generator not pinned"
+        },
+        ctx.haproxy_cpu
+            .map_or("not pinned".into(), |c| format!("on CPU {c}")),
         crate::target::haproxy_version(&a.haproxy),
         super::loadavg()
     );
