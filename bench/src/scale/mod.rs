@@ -20,6 +20,9 @@
 //! 4. **rolling restart**: SIGTERM one relay while its peers have frames
 //!    in flight; every frame it had accepted (its own counters) is
 //!    delivered before its 1001, and its peers recover once it is back.
+//! 5. **rebalance**: each relay holding server-ids away from their hash
+//!    home has its stick entries cleared and is restarted; every
+//!    server-id ends on its home relay again.
 //!
 //! Real processes and real time: recovery times are measured and printed,
 //! and asserted only against the back-off schedule's bounds. Every process
@@ -80,6 +83,9 @@ pub struct Run {
     lbs: Vec<Balancer>,
     started: Instant,
     proxy: bool,
+    /// Each server-id's relay before anything failed: the hash's choice
+    /// (the stick tables were empty).
+    homes: Vec<Option<String>>,
 }
 
 /// The relays and balancers of a run.
@@ -190,6 +196,7 @@ fn setup(args: &ScaleArgs, workdir: PathBuf, started: Instant) -> Result<Run, St
         lbs,
         started,
         proxy: flags.proxy,
+        homes: Vec::new(),
     })
 }
 

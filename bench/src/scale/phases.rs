@@ -93,6 +93,7 @@ impl Run {
             .and_then(|moved| self.restore(&moved))
             .and_then(|_| self.hang())
             .and_then(|_| self.rolling_restart())
+            .and_then(|_| self.rebalance())
             .and_then(|_| self.finish());
         if result.is_err() {
             self.show_logs();
@@ -190,6 +191,7 @@ impl Run {
         }
         self.check_colocated()?;
         let placement = self.placement();
+        self.homes = placement.clone();
         for relay in &self.relays {
             if !placement.iter().any(|p| p.as_deref() == Some(&*relay.name)) {
                 return Err(format!("the hash put no server-id on {}", relay.name));
@@ -740,6 +742,55 @@ impl Run {
         println!(
             "   delivered before the 1001 \"shutting down\": {to_binaries}/{} to binaries, {to_phones}/{} to phones, in order",
             expected.0, expected.1
+        );
+        Ok(())
+    }
+
+    /// Phase 5: the server-ids that moved go home. For each relay holding
+    /// server-ids away from their hash home: clear its stick entries on
+    /// every balancer, then restart it at once; its binaries redial with
+    /// no entry and the hash sends each home (docs/SCALING.md,
+    /// "Rebalancing").
+    fn rebalance(&mut self) -> Result<(), String> {
+        println!("\n== rebalance");
+        for r in 0..self.relays.len() {
+            let name = self.relays[r].name.clone();
+            let ids = self.ids_on(&name);
+            let away = ids
+                .iter()
+                .filter(|&&i| self.homes[i].as_deref() != Some(&*name))
+                .count();
+            if away == 0 {
+                continue;
+            }
+            println!(
+                "   {name} holds {} server-ids, {away} away from home: clear table relays data.server_id eq {} on both balancers, restart {name}",
+                ids.len(),
+                r + 1
+            );
+            for lb in &self.lbs {
+                lb.ask(&format!(
+                    "clear table {MAIN_BACKEND} data.server_id eq {}",
+                    r + 1
+                ))?;
+            }
+            let t = Instant::now();
+            self.relays[r].terminate(Duration::from_secs(20))?;
+            self.relays[r].start()?;
+            self.recovery(&ids, t, None, Duration::ZERO)?;
+            let others = self.others_undisturbed(&ids, t)?;
+            println!("   the other {others} server-ids: 0 disconnects");
+        }
+        let placement = self.placement();
+        if let Some(i) = (0..self.ids()).find(|&i| placement[i] != self.homes[i]) {
+            return Err(format!(
+                "{} is on {:?} after the rebalance, its hash home is {:?}",
+                self.fleet.shared.ids[i].sid, placement[i], self.homes[i]
+            ));
+        }
+        println!(
+            "   every server-id on its hash home again: {}",
+            count_by(placement.iter().map(|p| p.as_deref().unwrap_or("?")))
         );
         Ok(())
     }
