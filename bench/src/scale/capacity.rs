@@ -3,10 +3,11 @@
 //!
 //! Each scenario runs twice, alternating which goes first: against a fresh
 //! relay directly, and against a fresh relay behind HAProxy running
-//! deploy/haproxy.cfg (one relay server, `nbthread 1`, no log). The
-//! generator is the benchmark's own (gen.rs): binaries and phones speak the
-//! relay protocol either way. The relay is pinned to CPU 0, the generator
-//! to CPU 1; HAProxy is left to the scheduler unless `--haproxy-cpu`.
+//! deploy/haproxy.cfg (one relay server, `nbthread 1`, no log; PROXY v2
+//! only with `--proxy-protocol`). The generator is the benchmark's own
+//! (gen.rs): binaries and phones speak the relay protocol either way. The
+//! relay is pinned to CPU 0, the generator to CPU 1; HAProxy is left to
+//! the scheduler unless `--haproxy-cpu`.
 //!
 //! Figures: echoes/s and round-trip latency; CPU µs per forwarded message
 //! of the relay and of HAProxy (utime+stime over the window / messages);
@@ -68,6 +69,10 @@ pub struct BalancedArgs {
     /// Pin nothing.
     #[arg(long)]
     no_pin: bool,
+    /// PROXY v2 from HAProxy to the relay (the relay behind HAProxy gets
+    /// --proxy-protocol); needs a relay that serves it.
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 /// Direct to the relay, or through the balancer.
@@ -127,6 +132,7 @@ struct Row {
 /// What every run needs.
 struct Ctx {
     launch: Launch,
+    proxy: bool,
     sources: Vec<Ipv4Addr>,
     fd_limit: u64,
     haproxy_cpu: Option<usize>,
@@ -152,11 +158,12 @@ pub fn run(a: BalancedArgs) -> Result<ExitCode, String> {
             workdir,
         },
         sources: (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect(),
+        proxy: a.proxy_protocol,
         fd_limit,
         haproxy_cpu: a.haproxy_cpu.filter(|_| pin),
     };
     println!(
-        "# relay-bench balanced — {cpus} CPUs; {}, HAProxy {} (nbthread 1, {}); load average {}",
+        "# relay-bench balanced — {cpus} CPUs; {}, HAProxy {} (nbthread 1, {}, PROXY v2 {}); load average {}",
         if pin {
             "relay on CPU 0, generator on CPU 1"
         } else {
@@ -165,6 +172,7 @@ pub fn run(a: BalancedArgs) -> Result<ExitCode, String> {
         ctx.haproxy_cpu
             .map_or("not pinned".into(), |c| format!("on CPU {c}")),
         crate::target::haproxy_version(&a.haproxy),
+        if ctx.proxy { "on" } else { "off" },
         super::loadavg()
     );
     let mut scenarios = Vec::new();
@@ -213,9 +221,7 @@ fn start_balancer(ctx: &Ctx, relay: SocketAddr, tag: &str) -> Result<Balancer, S
         stats_socket: &stats,
         peers: &peers,
         relays: &relays,
-        // The relay under test may not serve the PROXY protocol yet; its
-        // cost is one header per connection.
-        proxy: false,
+        proxy: ctx.proxy,
         relay_header: false,
         log: false,
         global_extra: &["nbthread 1"],
@@ -256,7 +262,11 @@ fn samples(relay: u32, lb: Option<u32>) -> Result<(ProcSample, Option<ProcSample
 /// One scenario through `via`, on fresh processes.
 fn measure(ctx: &Ctx, a: &BalancedArgs, s: Scenario, via: Via) -> Result<Row, String> {
     let tag = format!("{}-{}", via.name(), std::process::id());
-    let relay = ctx.launch.relay(a.phones_per_binary, &tag)?;
+    let mut launch = ctx.launch.clone();
+    if via == Via::Haproxy && ctx.proxy {
+        launch.relay_args.push("--proxy-protocol".into());
+    }
+    let relay = launch.relay(a.phones_per_binary, &tag)?;
     let lb = match via {
         Via::Direct => None,
         Via::Haproxy => Some(start_balancer(ctx, relay.addr, &tag)?),
