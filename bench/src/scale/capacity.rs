@@ -139,53 +139,9 @@ struct Ctx {
 }
 
 pub fn run(a: BalancedArgs) -> Result<ExitCode, String> {
-    let fd_limit = sys::raise_nofile();
-    let cpus = sys::online_cpus();
-    let pin = !a.no_pin && cpus >= 2 && sys::pin_current_thread(1).is_ok();
-    let workdir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
-    let ctx = Ctx {
-        launch: Launch {
-            relay: a
-                .relay
-                .clone()
-                .unwrap_or_else(crate::target::default_relay_path),
-            relay_args: Vec::new(),
-            relay_log_level: "warn".into(),
-            haproxy: a.haproxy.clone(),
-            proxy_cpu: pin.then_some(0),
-            gen_cpu: pin.then_some(1),
-            workdir,
-        },
-        sources: (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect(),
-        proxy: a.proxy_protocol,
-        fd_limit,
-        haproxy_cpu: a.haproxy_cpu.filter(|_| pin),
-    };
-    println!(
-        "# relay-bench balanced — {cpus} CPUs; {}, HAProxy {} (nbthread 1, {}, PROXY v2 {}); load average {}",
-        if pin {
-            "relay on CPU 0, generator on CPU 1"
-        } else {
-            "relay and generator not pinned"
-        },
-        ctx.haproxy_cpu
-            .map_or("not pinned".into(), |c| format!("on CPU {c}")),
-        crate::target::haproxy_version(&a.haproxy),
-        if ctx.proxy { "on" } else { "off" },
-        super::loadavg()
-    );
-    let mut scenarios = Vec::new();
-    if a.idle_phones > 0 {
-        scenarios.push(Scenario::Idle(a.idle_phones));
-    }
-    scenarios.extend(a.in_flight.iter().map(|&k| Scenario::Closed(k.max(1))));
-    scenarios.extend(a.rate.iter().map(|&r| Scenario::Open(r.max(1.0))));
-    if a.churn > 0 {
-        scenarios.push(Scenario::Churn(a.churn));
-    }
+    let ctx = context(&a)?;
     let mut rows = Vec::new();
-    for (i, s) in scenarios.iter().enumerate() {
+    for (i, s) in scenarios(&a).iter().enumerate() {
         let mut order = [Via::Direct, Via::Haproxy];
         if i % 2 == 1 {
             order.reverse();
@@ -205,6 +161,59 @@ pub fn run(a: BalancedArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Limits, pinning and the work directory; prints the conditions.
+fn context(a: &BalancedArgs) -> Result<Ctx, String> {
+    let fd_limit = sys::raise_nofile();
+    let cpus = sys::online_cpus();
+    let pin = !a.no_pin && cpus >= 2 && sys::pin_current_thread(1).is_ok();
+    let workdir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    let relay = a.relay.clone();
+    let ctx = Ctx {
+        launch: Launch {
+            relay: relay.unwrap_or_else(crate::target::default_relay_path),
+            relay_args: Vec::new(),
+            relay_log_level: "warn".into(),
+            haproxy: a.haproxy.clone(),
+            proxy_cpu: pin.then_some(0),
+            gen_cpu: pin.then_some(1),
+            workdir,
+        },
+        sources: (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect(),
+        proxy: a.proxy_protocol,
+        fd_limit,
+        haproxy_cpu: a.haproxy_cpu.filter(|_| pin),
+    };
+    let placement = if pin {
+        "relay on CPU 0, generator on CPU 1"
+    } else {
+        "relay and generator not pinned"
+    };
+    let haproxy = ctx
+        .haproxy_cpu
+        .map_or("not pinned".into(), |c| format!("on CPU {c}"));
+    println!(
+        "# relay-bench balanced — {cpus} CPUs; {placement}, HAProxy {haproxy} (nbthread 1, {}, PROXY v2 {}); load average {}",
+        crate::target::haproxy_version(&a.haproxy),
+        if ctx.proxy { "on" } else { "off" },
+        super::loadavg()
+    );
+    Ok(ctx)
+}
+
+fn scenarios(a: &BalancedArgs) -> Vec<Scenario> {
+    let mut scenarios = Vec::new();
+    if a.idle_phones > 0 {
+        scenarios.push(Scenario::Idle(a.idle_phones));
+    }
+    scenarios.extend(a.in_flight.iter().map(|&k| Scenario::Closed(k.max(1))));
+    scenarios.extend(a.rate.iter().map(|&r| Scenario::Open(r.max(1.0))));
+    if a.churn > 0 {
+        scenarios.push(Scenario::Churn(a.churn));
+    }
+    scenarios
 }
 
 /// HAProxy with deploy/haproxy.cfg in front of one relay.
@@ -413,10 +422,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 fn print_rows(rows: &[Row]) {
-    println!(
-        "\n{:<34} {:<8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>6}",
-        "scenario",
-        "via",
+    let head = [
         "rate/s",
         "p50 µs",
         "p99 µs",
@@ -426,55 +432,47 @@ fn print_rows(rows: &[Row]) {
         "hapx%",
         "relay B",
         "haproxy B",
-        "errors"
+        "errors",
+    ];
+    println!(
+        "\n{:<34} {:<8} {}",
+        "scenario",
+        "via",
+        columns(&head.map(String::from))
     );
     for r in rows {
-        let is_idle = r.relay_mem.is_some();
-        println!(
-            "{:<34} {:<8} {:>10} {:>8} {:>8} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>6}",
-            r.label,
-            r.via.name(),
-            if is_idle {
-                "-".into()
+        // Idle runs have memory only; traffic runs everything else.
+        let busy = |v: String| {
+            if r.relay_mem.is_some() {
+                "-".to_string()
             } else {
-                format!("{:.0}", r.rate)
-            },
-            if is_idle {
-                "-".into()
-            } else {
-                format!("{:.0}", r.p50_us)
-            },
-            if is_idle {
-                "-".into()
-            } else {
-                format!("{:.0}", r.p99_us)
-            },
-            if is_idle {
-                "-".into()
-            } else {
-                format!("{:.2}", r.relay_cpu)
-            },
-            if is_idle {
-                "-".into()
-            } else {
-                opt(r.lb_cpu, 2)
-            },
-            if is_idle {
-                "-".into()
-            } else {
-                format!("{:.0}", r.relay_pct)
-            },
-            if is_idle {
-                "-".into()
-            } else {
-                opt(r.lb_pct, 0)
-            },
+                v
+            }
+        };
+        let cells = [
+            busy(format!("{:.0}", r.rate)),
+            busy(format!("{:.0}", r.p50_us)),
+            busy(format!("{:.0}", r.p99_us)),
+            busy(format!("{:.2}", r.relay_cpu)),
+            busy(opt(r.lb_cpu, 2)),
+            busy(format!("{:.0}", r.relay_pct)),
+            busy(opt(r.lb_pct, 0)),
             opt(r.relay_mem, 0),
             opt(r.lb_mem, 0),
-            r.errors
-        );
+            r.errors.to_string(),
+        ];
+        println!("{:<34} {:<8} {}", r.label, r.via.name(), columns(&cells));
     }
     println!(
         "\n(relay µs, haproxy µs: CPU per forwarded message, per lifecycle for churn (p50/p99 there: connect → 101); relay B, haproxy B: RSS growth per connection, binaries and phones)"
     );
+}
+
+/// Right-aligned cells, 10 wide.
+fn columns(cells: &[String]) -> String {
+    cells
+        .iter()
+        .map(|c| format!("{c:>10}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

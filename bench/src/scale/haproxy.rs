@@ -100,99 +100,142 @@ fn server_lines(template: &str, relays: &[(String, SocketAddr)]) -> Result<Vec<S
 
 /// The deploy file rewritten for `spec`.
 pub fn render(deploy: &str, spec: &Spec) -> Result<String, String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut section = String::new();
-    let mut backend: Vec<String> = Vec::new();
-    let (mut bind, mut servers, mut peers, mut stats) = (false, false, false, false);
+    let mut r = Renderer {
+        spec,
+        out: Vec::new(),
+        backend: Vec::new(),
+        section: String::new(),
+        found: Found::default(),
+    };
     for line in deploy.lines() {
         if is_header(line) {
-            section = line.trim().to_string();
-            out.push(line.to_string());
-            match section.as_str() {
-                "global" => {
-                    for extra in spec.global_extra {
-                        out.push(format!("    {extra}"));
-                    }
-                }
-                s if s.starts_with("peers ") => {
-                    peers = true;
-                    for (name, addr) in spec.peers {
-                        out.push(format!("    peer {name} {addr}"));
-                    }
-                }
-                _ => {}
-            }
-            continue;
+            r.enter(line);
+        } else {
+            r.directive(line)?;
         }
+    }
+    r.finish()
+}
+
+/// The rewrites that must each have happened once.
+#[derive(Default)]
+struct Found {
+    bind: bool,
+    servers: bool,
+    peers: bool,
+    stats: bool,
+}
+
+/// The rewrite in progress, line by line.
+struct Renderer<'a> {
+    spec: &'a Spec<'a>,
+    out: Vec<String>,
+    /// The main backend's lines as written, for the control copy.
+    backend: Vec<String>,
+    section: String,
+    found: Found,
+}
+
+impl Renderer<'_> {
+    /// A section header: closes the previous section, opens this one.
+    fn enter(&mut self, line: &str) {
+        self.leave();
+        self.section = line.trim().to_string();
+        self.out.push(line.to_string());
+        if self.section == "global" {
+            for extra in self.spec.global_extra {
+                self.out.push(format!("    {extra}"));
+            }
+        } else if self.section.starts_with("peers ") {
+            self.found.peers = true;
+            for (name, addr) in self.spec.peers {
+                self.out.push(format!("    peer {name} {addr}"));
+            }
+        }
+    }
+
+    /// The end of a section: the main backend gets the test's header.
+    fn leave(&mut self) {
+        if self.section == BACKEND && self.spec.relay_header {
+            self.out.push(relay_header_line());
+        }
+    }
+
+    /// One line inside a section, rewritten or kept.
+    fn directive(&mut self, line: &str) -> Result<(), String> {
         let word = line.split_whitespace().next().unwrap_or("");
-        let rewritten = match (section.as_str(), word) {
-            ("global", "log") => Some(if spec.log {
-                "    log stdout format raw local0".to_string()
-            } else {
-                String::new()
-            }),
-            ("global", "stats") => {
-                stats = true;
-                Some(format!(
-                    "    stats socket {} mode 600 level admin",
-                    spec.stats_socket.display()
-                ))
-            }
-            ("global", "maxconn") => Some(format!("    maxconn {}", spec.maxconn)),
-            ("global", "user" | "group" | "chroot" | "daemon") => Some(String::new()),
-            ("defaults", "log") if !spec.log => Some(String::new()),
-            (s, "peer") if s.starts_with("peers ") => Some(String::new()),
-            (FRONTEND, "bind") => {
-                bind = true;
-                Some(format!("    bind {}", spec.bind))
-            }
-            (BACKEND, "server") if servers => Some(String::new()),
-            (BACKEND, "server") => {
-                servers = true;
-                let lines = server_lines(&proxy_words(line, spec.proxy), spec.relays)?;
-                backend.extend(lines.iter().cloned());
-                Some(lines.join("\n"))
-            }
-            (BACKEND, "default-server") => Some(proxy_words(line, spec.proxy)),
-            _ => None,
-        };
-        let text = rewritten.unwrap_or_else(|| line.to_string());
-        if section == BACKEND && word != "server" && !text.trim().is_empty() {
-            backend.push(text.clone());
+        let text = self
+            .rewrite(word, line)?
+            .unwrap_or_else(|| line.to_string());
+        if self.section == BACKEND && word != "server" && !text.trim().is_empty() {
+            self.backend.push(text.clone());
         }
         if !text.is_empty() {
-            out.push(text);
+            self.out.push(text);
         }
+        Ok(())
     }
-    for (found, what) in [
-        (bind, "a `bind` line in `frontend relay`"),
-        (servers, "a `server` line in `backend relays`"),
-        (peers, "a `peers` section"),
-        (stats, "a `stats socket` line in `global`"),
-    ] {
-        if !found {
-            return Err(format!("{DEPLOY_FILE}: expected {what}"));
-        }
+
+    /// The replacement of a line (empty: dropped), or None to keep it.
+    fn rewrite(&mut self, word: &str, line: &str) -> Result<Option<String>, String> {
+        let spec = self.spec;
+        Ok(Some(match (self.section.as_str(), word) {
+            ("global", "log") if spec.log => "    log stdout format raw local0".to_string(),
+            ("global" | "defaults", "log") if !spec.log => String::new(),
+            ("global", "stats") => {
+                self.found.stats = true;
+                let path = spec.stats_socket.display();
+                format!("    stats socket {path} mode 600 level admin")
+            }
+            ("global", "maxconn") => format!("    maxconn {}", spec.maxconn),
+            ("global", "user" | "group" | "chroot" | "daemon") => String::new(),
+            (s, "peer") if s.starts_with("peers ") => String::new(),
+            (FRONTEND, "bind") => {
+                self.found.bind = true;
+                format!("    bind {}", spec.bind)
+            }
+            (BACKEND, "server") if self.found.servers => String::new(),
+            (BACKEND, "server") => {
+                self.found.servers = true;
+                let lines = server_lines(&proxy_words(line, spec.proxy), spec.relays)?;
+                self.backend.extend(lines.iter().cloned());
+                lines.join("\n")
+            }
+            (BACKEND, "default-server") => proxy_words(line, spec.proxy),
+            _ => return Ok(None),
+        }))
     }
-    if spec.relay_header {
-        out.push(relay_header_line());
-    }
-    if let Some(control) = spec.control_bind {
-        out.push(format!(
-            "\n# Test only: the same backend without its stick table.\nfrontend control\n    bind {control}\n    default_backend {CONTROL_BACKEND}\nbackend {CONTROL_BACKEND}"
-        ));
-        for line in &backend {
-            let trimmed = line.trim_start();
-            if !trimmed.starts_with("stick") && !trimmed.starts_with('#') {
-                out.push(line.clone());
+
+    /// Checks every rewrite happened; appends the control frontend.
+    fn finish(mut self) -> Result<String, String> {
+        self.leave();
+        for (found, what) in [
+            (self.found.bind, "a `bind` line in `frontend relay`"),
+            (self.found.servers, "a `server` line in `backend relays`"),
+            (self.found.peers, "a `peers` section"),
+            (self.found.stats, "a `stats socket` line in `global`"),
+        ] {
+            if !found {
+                return Err(format!("{DEPLOY_FILE}: expected {what}"));
             }
         }
-        if spec.relay_header {
-            out.push(relay_header_line());
+        if let Some(control) = self.spec.control_bind {
+            self.out.push(format!(
+                "\n# Test only: the same backend without its stick table.\nfrontend control\n    bind {control}\n    default_backend {CONTROL_BACKEND}\nbackend {CONTROL_BACKEND}"
+            ));
+            for line in &self.backend {
+                let trimmed = line.trim_start();
+                if !trimmed.starts_with("stick") && !trimmed.starts_with('#') {
+                    self.out.push(line.clone());
+                }
+            }
+            if self.spec.relay_header {
+                self.out.push(relay_header_line());
+            }
         }
+        self.out.push(String::new());
+        Ok(self.out.join("\n"))
     }
-    out.push(String::new());
-    Ok(out.join("\n"))
 }
 
 fn relay_header_line() -> String {

@@ -74,6 +74,9 @@ pub struct ScaleArgs {
     /// Keep the logs and configurations (they are kept anyway on failure).
     #[arg(long)]
     keep: bool,
+    /// Fail if the run takes longer than this (the issue: under 2 minutes).
+    #[arg(long, default_value = "110s", value_parser = crate::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 /// Everything a run holds; dropping it stops every peer and process.
@@ -100,6 +103,7 @@ pub fn run(args: ScaleArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     crate::sys::raise_nofile();
+    watchdog(args.timeout, workdir.clone());
     println!("scale-test: load average at start {}", loadavg());
     let mut run = match setup(&args, workdir.clone(), started) {
         Ok(run) => run,
@@ -132,6 +136,19 @@ pub fn run(args: ScaleArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ends the process if the run is stuck: the relays and balancers die
+/// with it (`PR_SET_PDEATHSIG`), the logs stay.
+fn watchdog(limit: std::time::Duration, workdir: PathBuf) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!(
+            "\nscale-test: FAIL: not done after {limit:?}; logs in {}",
+            workdir.display()
+        );
+        std::process::exit(1);
+    });
 }
 
 fn loadavg() -> String {

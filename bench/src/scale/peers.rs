@@ -472,84 +472,127 @@ fn serve_phone(
     backoff: &mut Backoff,
 ) -> End {
     let peer = &me.phones[phone];
-    let mut awaiting: Option<u64> = None;
-    let mut last_send = Instant::now() - SEND_EVERY;
-    let mut exchanged = false;
-    let mut burst_next = 0u64;
+    let mut session = PhoneSession {
+        me,
+        phone,
+        awaiting: None,
+        last_send: Instant::now() - SEND_EVERY,
+        exchanged: false,
+        burst_next: 0,
+    };
     loop {
         if shared.stopped() {
             client::close(ws);
             return End::Stopped;
         }
         if let Some(burst) = peer.take_burst() {
-            for k in 0..burst.frames {
-                let frame =
-                    json!({"sid": me.sid, "ph": phone, "burst": k, "pad": "q".repeat(burst.size)});
-                if !client::send(&mut ws, frame.to_string()) {
-                    return End::Broken("write failed".into());
-                }
-            }
-        }
-        let paused = peer.paused.load(Ordering::SeqCst);
-        if !paused
-            && awaiting.is_none()
-            && shared.sending.load(Ordering::SeqCst)
-            && last_send.elapsed() >= SEND_EVERY
-        {
-            *seq += 1;
-            if !client::send(&mut ws, steady_frame(&me.sid, phone, *seq)) {
+            if !session.send_burst(&mut ws, burst) {
                 return End::Broken("write failed".into());
             }
-            awaiting = Some(*seq);
-            last_send = Instant::now();
-            peer.log().in_flight = true;
         }
-        if paused {
+        if peer.paused.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let text = match client::read(&mut ws) {
-            Read::Text(text) => text,
+        if shared.sending.load(Ordering::SeqCst) && !session.send_due(&mut ws, seq) {
+            return End::Broken("write failed".into());
+        }
+        match client::read(&mut ws) {
+            Read::Text(text) => session.on_text(&text, backoff),
             Read::Closed(code) => return End::Closed(code),
             Read::Broken(why) => return End::Broken(why),
-            Read::Idle => continue,
+            Read::Idle => {}
+        }
+    }
+}
+
+/// What a phone keeps about one connection.
+struct PhoneSession<'a> {
+    me: &'a ServerId,
+    phone: usize,
+    /// The steady frame waiting for its echo.
+    awaiting: Option<u64>,
+    last_send: Instant,
+    /// An echo came back on this connection.
+    exchanged: bool,
+    /// The next burst frame expected from the binary.
+    burst_next: u64,
+}
+
+impl PhoneSession<'_> {
+    fn peer(&self) -> &Peer {
+        &self.me.phones[self.phone]
+    }
+
+    fn send_burst(
+        &self,
+        ws: &mut tungstenite::WebSocket<std::net::TcpStream>,
+        burst: Burst,
+    ) -> bool {
+        (0..burst.frames).all(|k| {
+            let frame = json!({"sid": self.me.sid, "ph": self.phone, "burst": k, "pad": "q".repeat(burst.size)});
+            client::send(ws, frame.to_string())
+        })
+    }
+
+    /// The next steady frame, if none is in flight and it is time; false
+    /// when the write failed.
+    fn send_due(
+        &mut self,
+        ws: &mut tungstenite::WebSocket<std::net::TcpStream>,
+        seq: &mut u64,
+    ) -> bool {
+        if self.awaiting.is_some() || self.last_send.elapsed() < SEND_EVERY {
+            return true;
+        }
+        *seq += 1;
+        if !client::send(ws, steady_frame(&self.me.sid, self.phone, *seq)) {
+            return false;
+        }
+        self.awaiting = Some(*seq);
+        self.last_send = Instant::now();
+        self.peer().log().in_flight = true;
+        true
+    }
+
+    /// Checks a frame from the relay: an echo of our frame in flight, or
+    /// the binary's next burst frame; anything else is an error.
+    fn on_text(&mut self, text: &str, backoff: &mut Backoff) {
+        let (me, phone) = (self.me, self.phone);
+        let sid = &me.sid;
+        let mut log = me.phones[phone].log();
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            return log.error(format!("phone {sid}/{phone}: not JSON"));
         };
-        let mut log = peer.log();
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            log.error(format!("phone {}/{phone}: not JSON", me.sid));
-            continue;
-        };
-        if frame["sid"] != me.sid {
-            log.error(format!(
-                "phone {}/{phone} got a frame of {}",
-                me.sid, frame["sid"]
+        if frame["sid"] != *sid {
+            return log.error(format!(
+                "phone {sid}/{phone} got a frame of {}",
+                frame["sid"]
             ));
-            continue;
         }
         if let Some(k) = frame["burst"].as_u64() {
-            if k != burst_next {
+            if k != self.burst_next {
                 log.error(format!(
-                    "phone {}/{phone}: burst frame {k} after {burst_next}",
-                    me.sid
+                    "phone {sid}/{phone}: burst frame {k} after {}",
+                    self.burst_next
                 ));
             }
-            burst_next = k + 1;
+            self.burst_next = k + 1;
             log.burst += 1;
-            continue;
+            return;
         }
         let echoed = (frame["ph"].as_u64(), frame["seq"].as_u64());
-        if echoed != (Some(phone as u64), awaiting) {
-            log.error(format!(
-                "phone {}/{phone}: echo {echoed:?}, awaiting {awaiting:?}",
-                me.sid
+        if echoed != (Some(phone as u64), self.awaiting) {
+            return log.error(format!(
+                "phone {sid}/{phone}: echo {echoed:?}, awaiting {:?}",
+                self.awaiting
             ));
-            continue;
         }
-        awaiting = None;
+        self.awaiting = None;
         log.in_flight = false;
         log.frames += 1;
-        if !exchanged {
-            exchanged = true;
+        if !self.exchanged {
+            self.exchanged = true;
             backoff.reset();
             log.note(Event::Exchanging);
         }

@@ -4,6 +4,7 @@
 //! expectation that failed.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,83 @@ fn wait_for(patience: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// When a binary first connected after `t`, and to which relay, if it is
+/// connected now.
+fn binary_since(binary: &peers::Peer, t: Instant) -> Option<(Instant, String)> {
+    let log = binary.log();
+    log.relay.as_ref()?;
+    log.events.iter().find_map(|(at, e)| match e {
+        Event::Connected(relay) if *at >= t => Some((*at, relay.clone())),
+        _ => None,
+    })
+}
+
+/// When a phone first exchanged frames after `t`.
+fn exchanging_since(phone: &peers::Peer, t: Instant) -> Option<Instant> {
+    phone
+        .log()
+        .first_since(t, |e| matches!(e, Event::Exchanging))
+}
+
+/// A one-shot phone for server-id `id` through `addr`.
+struct ProbeJob {
+    id: usize,
+    via: String,
+    addr: SocketAddr,
+    /// Through the control backend (no stick table).
+    control: bool,
+    /// Its number among the probes (its source address).
+    number: usize,
+}
+
+impl ProbeJob {
+    fn new(
+        before: &[ProbeJob],
+        id: usize,
+        via: String,
+        addr: SocketAddr,
+        control: bool,
+    ) -> ProbeJob {
+        ProbeJob {
+            id,
+            via,
+            addr,
+            control,
+            number: before.len(),
+        }
+    }
+}
+
+/// Runs every probe at once; their results in order.
+fn run_probes(shared: &peers::Shared, jobs: &[ProbeJob], first: usize) -> Vec<Probe> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|job| {
+                let sid = shared.ids[job.id].sid.clone();
+                let (addr, number) = (job.addr, first + job.number);
+                scope.spawn(move || peers::probe(addr, number, &sid, Duration::from_secs(5)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Probe::Failed("probe panicked".into())))
+            .collect()
+    })
+}
+
+/// What the binaries of some server-ids did after a disruption.
+#[derive(Default)]
+struct BinariesBack {
+    times: Vec<Duration>,
+    /// Dials per binary until it was back.
+    attempts: Vec<usize>,
+    /// The relay each came back on.
+    landed: Vec<String>,
+    /// Why dials failed on the way.
+    failed: Vec<String>,
 }
 
 fn count_by<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -290,7 +368,8 @@ impl Run {
     }
 
     /// Waits until the binaries of `ids` connected and their phones
-    /// exchanged again after `t`, within the back-off bounds; prints the
+    /// exchanged again after `t`, within the back-off bounds (plus
+    /// `detect`, the time for the connections to be cut); prints the
     /// recovery times.
     fn recovery(
         &self,
@@ -299,103 +378,34 @@ impl Run {
         avoid: Option<&str>,
         detect: Duration,
     ) -> Result<(), String> {
-        let shared = &self.fleet.shared;
         let binary_bound = detect + Backoff::bound(BINARY_ATTEMPTS) + SLACK;
         let phone_bound = detect + Backoff::bound(PHONE_ATTEMPTS) + SLACK;
-        let connected = |i: usize| {
-            let log = shared.ids[i].binary.log();
-            log.first_since(t, |e| matches!(e, Event::Connected(_)))
-                .filter(|_| log.relay.is_some())
-        };
-        let exchanging = |i: usize, k: usize| {
-            shared.ids[i].phones[k]
-                .log()
-                .first_since(t, |e| matches!(e, Event::Exchanging))
-        };
+        let shared = &self.fleet.shared;
         wait_for(phone_bound, || {
             ids.iter().all(|&i| {
-                connected(i).is_some() && (0..PHONES_PER_ID).all(|k| exchanging(i, k).is_some())
+                let s = &shared.ids[i];
+                binary_since(&s.binary, t).is_some()
+                    && s.phones.iter().all(|p| exchanging_since(p, t).is_some())
             })
         });
-        let mut binary_times = Vec::new();
-        let mut attempts = Vec::new();
-        let mut landed = Vec::new();
-        let mut failed = Vec::new();
-        for &i in ids {
-            let s = &shared.ids[i];
-            let at = connected(i).ok_or_else(|| {
-                let last = s.binary.log().events.last().map(|e| format!("{:?}", e.1));
-                format!(
-                    "{}'s binary was not back within {} (last: {})",
-                    s.sid,
-                    secs(phone_bound),
-                    last.unwrap_or_default()
-                )
-            })?;
-            let log = s.binary.log();
-            let tries = log.count_since(t, |e| matches!(e, Event::Connected(_) | Event::Failed(_)));
-            for (at, e) in &log.events {
-                if let (true, Event::Failed(why)) = (*at >= t, e) {
-                    failed.push(why.to_string());
-                }
-            }
-            // The relay of its first connection since `t`.
-            let relay = log
-                .events
-                .iter()
-                .find_map(|(at, e)| match e {
-                    Event::Connected(relay) if *at >= t => Some(relay.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            if avoid == Some(relay.as_str()) {
-                return Err(format!("{} reconnected to the dead {relay}", s.sid));
-            }
-            if at - t > binary_bound {
-                return Err(format!(
-                    "{}'s binary took {} to come back, over the {} of {BINARY_ATTEMPTS} back-off steps",
-                    s.sid,
-                    secs(at - t),
-                    secs(binary_bound)
-                ));
-            }
-            binary_times.push(at - t);
-            attempts.push(tries);
-            landed.push(relay);
-        }
-        let mut phone_times = Vec::new();
-        let mut refused = 0;
-        for &i in ids {
-            for k in 0..PHONES_PER_ID {
-                let at = exchanging(i, k).ok_or_else(|| {
-                    format!(
-                        "{} phone {k} did not exchange frames within {}",
-                        shared.ids[i].sid,
-                        secs(phone_bound)
-                    )
-                })?;
-                phone_times.push(at - t);
-                refused += shared.ids[i].phones[k]
-                    .log()
-                    .count_since(t, |e| matches!(e, Event::Ended(End::Closed(4404))));
-            }
-        }
+        let binaries = self.binaries_back(ids, t, avoid, binary_bound)?;
+        let (phone_times, refused) = self.phones_back(ids, t, phone_bound)?;
         println!(
             "   binaries back: {}/{} in {}; attempts {}; landed on {}",
-            binary_times.len(),
+            binaries.times.len(),
             ids.len(),
-            spread(binary_times),
-            count_by(attempts.iter().map(|a| match a {
+            spread(binaries.times),
+            count_by(binaries.attempts.iter().map(|a| match a {
                 1 => "1st",
                 2 => "2nd",
                 _ => "3rd+",
             })),
-            count_by(landed.iter().map(String::as_str))
+            count_by(binaries.landed.iter().map(String::as_str))
         );
-        if !failed.is_empty() {
+        if !binaries.failed.is_empty() {
             println!(
                 "   binaries' failed dials on the way: {}",
-                count_by(failed.iter().map(String::as_str))
+                count_by(binaries.failed.iter().map(String::as_str))
             );
         }
         println!(
@@ -404,19 +414,94 @@ impl Run {
             ids.len() * PHONES_PER_ID,
             spread(phone_times)
         );
-        let detection = if detect.is_zero() {
+        let cut = if detect.is_zero() {
             String::new()
         } else {
             format!("{} to be cut + ", secs(detect))
         };
         println!(
-            "   (bounds: binaries {detection}{BINARY_ATTEMPTS} back-off steps + {} = {}, phones {detection}{PHONE_ATTEMPTS} steps + {} = {})",
+            "   (bounds: binaries {cut}{BINARY_ATTEMPTS} back-off steps + {} = {}, phones {cut}{PHONE_ATTEMPTS} steps + {} = {})",
             secs(SLACK),
             secs(binary_bound),
             secs(SLACK),
             secs(phone_bound)
         );
         self.check_colocated()
+    }
+
+    /// Each binary of `ids`: back after `t` within `bound`, not on `avoid`.
+    fn binaries_back(
+        &self,
+        ids: &[usize],
+        t: Instant,
+        avoid: Option<&str>,
+        bound: Duration,
+    ) -> Result<BinariesBack, String> {
+        let mut back = BinariesBack::default();
+        for &i in ids {
+            let s = &self.fleet.shared.ids[i];
+            let since = binary_since(&s.binary, t);
+            let log = s.binary.log();
+            let Some((at, relay)) = since else {
+                let last = log.events.last().map(|e| format!("{:?}", e.1));
+                return Err(format!(
+                    "{}'s binary was not back (last: {})",
+                    s.sid,
+                    last.unwrap_or_default()
+                ));
+            };
+            if avoid == Some(relay.as_str()) {
+                return Err(format!("{} reconnected to the dead {relay}", s.sid));
+            }
+            if at - t > bound {
+                return Err(format!(
+                    "{}'s binary took {} to come back, over the {} of {BINARY_ATTEMPTS} back-off steps",
+                    s.sid,
+                    secs(at - t),
+                    secs(bound)
+                ));
+            }
+            back.times.push(at - t);
+            back.attempts
+                .push(log.count_since(t, |e| matches!(e, Event::Connected(_) | Event::Failed(_))));
+            back.landed.push(relay);
+            for (when, e) in &log.events {
+                if let (true, Event::Failed(why)) = (*when >= t, e) {
+                    back.failed.push(why.to_string());
+                }
+            }
+        }
+        Ok(back)
+    }
+
+    /// Each phone of `ids`: exchanging after `t` within `bound`. Returns
+    /// the times and the 4404s on the way.
+    fn phones_back(
+        &self,
+        ids: &[usize],
+        t: Instant,
+        bound: Duration,
+    ) -> Result<(Vec<Duration>, usize), String> {
+        let (mut times, mut refused) = (Vec::new(), 0);
+        for &i in ids {
+            let s = &self.fleet.shared.ids[i];
+            for (k, phone) in s.phones.iter().enumerate() {
+                let at = exchanging_since(phone, t)
+                    .filter(|at| *at - t <= bound)
+                    .ok_or_else(|| {
+                        format!(
+                            "{} phone {k} did not exchange frames within {}",
+                            s.sid,
+                            secs(bound)
+                        )
+                    })?;
+                times.push(at - t);
+                refused += phone
+                    .log()
+                    .count_since(t, |e| matches!(e, Event::Ended(End::Closed(4404))));
+            }
+        }
+        Ok((times, refused))
     }
 
     /// Phase 3b: SIGSTOP the busiest relay (a hung process, or a machine
@@ -540,42 +625,23 @@ impl Run {
     /// the hash sends them to the returned relay, which has no binary.
     fn probe_moved(&self, moved: &[usize], returned: &str) -> Result<(), String> {
         let shared = &self.fleet.shared;
-        let mut number = peers::first_probe_number(self.ids());
+        let control = self.lbs[0].control.ok_or("no control frontend")?;
         let mut jobs = Vec::new();
-        for &i in moved {
+        for &id in moved {
             for lb in &self.lbs {
-                jobs.push((i, lb.name.clone(), lb.addr, false, number));
-                number += 1;
+                jobs.push(ProbeJob::new(&jobs, id, lb.name.clone(), lb.addr, false));
             }
-            let control = self.lbs[0].control.expect("the test's control frontend");
-            jobs.push((
-                i,
-                format!("{} control", self.lbs[0].name),
-                control,
-                true,
-                number,
-            ));
-            number += 1;
+            let via = format!("{} control", self.lbs[0].name);
+            jobs.push(ProbeJob::new(&jobs, id, via, control, true));
         }
-        let results: Vec<Probe> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .iter()
-                .map(|(i, _, addr, _, n)| {
-                    let sid = shared.ids[*i].sid.clone();
-                    scope.spawn(move || peers::probe(*addr, *n, &sid, Duration::from_secs(5)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(Probe::Failed("probe panicked".into())))
-                .collect()
-        });
+        let first = peers::first_probe_number(self.ids());
+        let results = run_probes(shared, &jobs, first);
         let placement = self.placement();
         let (mut reached, mut refused) = (0, 0);
-        for ((i, via, _, control, _), result) in jobs.iter().zip(results) {
-            let sid = &shared.ids[*i].sid;
-            let home = placement[*i].clone().unwrap_or_default();
-            match (control, result) {
+        for (job, result) in jobs.iter().zip(results) {
+            let sid = &shared.ids[job.id].sid;
+            let (via, home) = (&job.via, placement[job.id].clone().unwrap_or_default());
+            match (job.control, result) {
                 (false, Probe::Echo(relay)) if relay == home => reached += 1,
                 (true, Probe::Closed(relay, 4404)) if relay == returned => refused += 1,
                 (false, other) => {
@@ -590,10 +656,11 @@ impl Run {
                 }
             }
         }
+        let names: Vec<&str> = self.lbs.iter().map(|l| l.name.as_str()).collect();
         println!(
             "   phones dialling a moved server-id after the return: {reached}/{} reached its binary (through {})",
             moved.len() * self.lbs.len(),
-            self.lbs.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(" and ")
+            names.join(" and ")
         );
         println!(
             "   the same dials without the stick table: {refused}/{} sent to {returned} and closed 4404",
