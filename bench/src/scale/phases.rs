@@ -72,6 +72,14 @@ fn wait_for(patience: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Whether a response head carries the test's header naming a relay.
+fn names_relay(head: &str) -> bool {
+    head.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(super::client::RELAY_HEADER))
+    })
+}
+
 /// When a binary first connected after `t`, and to which relay, if it is
 /// connected now.
 fn binary_since(binary: &peers::Peer, t: Instant) -> Option<(Instant, String)> {
@@ -229,6 +237,17 @@ impl Run {
             return Err("the balancers did not see every relay UP within 15 s".into());
         }
         let lb = self.lbs[0].addr;
+        // The same WebSocket upgrade, only the header differs: a refusal
+        // must come from the balancer itself (no relay named in the
+        // answer), and the well-formed one must reach a relay.
+        let upgrade = |headers: &str| {
+            format!(
+                "GET /v1/client HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 X-Pyrycode-Token: t\r\nUser-Agent: {}\r\n{headers}\r\n",
+                "relay-bench-scale-test"
+            )
+        };
         for (what, headers) in [
             ("no X-Pyrycode-Server", ""),
             (
@@ -237,17 +256,22 @@ impl Run {
             ),
             ("a malformed server-id", "X-Pyrycode-Server: a b/c\r\n"),
         ] {
-            let request = format!(
-                "GET /v1/client HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{headers}\r\n"
-            );
-            let status = procs::status_of(lb, &request)?;
-            if !status.starts_with("HTTP/1.1 400") {
+            let head = procs::response_head(lb, &upgrade(headers))?;
+            if !head.starts_with("HTTP/1.1 400") || names_relay(&head) {
                 return Err(format!(
-                    "the balancer let a request with {what} through: {status}"
+                    "the balancer did not refuse a request with {what} itself: {:?}",
+                    head.lines().next().unwrap_or_default()
                 ));
             }
         }
-        println!("   every relay UP on both balancers; requests with no, two or a malformed X-Pyrycode-Server refused 400 at the balancer");
+        let head = procs::response_head(lb, &upgrade("X-Pyrycode-Server: well-formed\r\n"))?;
+        if !head.starts_with("HTTP/1.1 101") || !names_relay(&head) {
+            return Err(format!(
+                "the same upgrade with a well-formed X-Pyrycode-Server did not reach a relay: {:?}",
+                head.lines().next().unwrap_or_default()
+            ));
+        }
+        println!("   every relay UP on both balancers; an upgrade with no, two or a malformed X-Pyrycode-Server refused 400 by the balancer itself, the same with a well-formed one switched to WebSocket by a relay");
         Ok(())
     }
 

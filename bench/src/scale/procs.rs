@@ -470,17 +470,25 @@ impl Drop for Balancer {
     }
 }
 
-/// The status line of a raw HTTP request to `addr`.
-pub fn status_of(addr: SocketAddr, request: &str) -> Result<String, String> {
+/// The response head (status line and headers) to a raw HTTP request.
+pub fn response_head(addr: SocketAddr, request: &str) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("{addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&buf[..n])
-        .lines()
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("{addr}: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    Ok(text
+        .split("\r\n\r\n")
         .next()
-        .unwrap_or("")
+        .unwrap_or_default()
         .to_string())
 }
