@@ -14,10 +14,40 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody uses right now, below the ephemeral range: a
+/// relay restarts on its port, and a port from the ephemeral range could
+/// meanwhile be taken by an outgoing connection (HAProxy's, a peer's).
+/// Never the same port twice in one run.
 pub fn free_port() -> Result<u16, String> {
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    if ephemeral_start > low + 1000 {
+        // Start from a spot that differs between runs.
+        let span = ephemeral_start - low;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut port = low + ((nanos ^ std::process::id()) % span as u32) as u16;
+        for _ in 0..span {
+            port = if port + 1 >= ephemeral_start {
+                low
+            } else {
+                port + 1
+            };
+            if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.push(port);
+                return Ok(port);
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
