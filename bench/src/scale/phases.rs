@@ -469,8 +469,9 @@ impl Run {
             let Some((at, relay)) = since else {
                 let last = log.events.last().map(|e| format!("{:?}", e.1));
                 return Err(format!(
-                    "{}'s binary was not back (last: {})",
+                    "{}'s binary was not back within {} (its last event: {})",
                     s.sid,
+                    secs(bound),
                     last.unwrap_or_default()
                 ));
             };
