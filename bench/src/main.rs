@@ -11,6 +11,7 @@ mod echo_server;
 mod fd_exhaustion;
 mod gen;
 mod report;
+mod scale;
 mod scenario;
 mod soak;
 mod sys;
@@ -67,6 +68,14 @@ enum Cmd {
     /// Idle phones, echo and churn together for a long time (relay only):
     /// RSS sampled throughout, an upward trend over the last half flagged.
     Soak(SoakArgs),
+    /// Three relays behind two peered HAProxy balancers (deploy/haproxy.cfg):
+    /// routing, a relay killed and restarted, a rolling restart
+    /// (`make test-scale`).
+    ScaleTest(scale::ScaleArgs),
+    /// What HAProxy in front of a relay costs (deploy/haproxy.cfg), beside
+    /// the same relay reached directly: CPU per message and per
+    /// connection, memory per connection, latency.
+    Balanced(scale::capacity::BalancedArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -676,6 +685,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             });
         }
         Cmd::Soak(a) => return soak(a),
+        Cmd::ScaleTest(a) => return Ok(scale::run(a)),
+        Cmd::Balanced(a) => return scale::capacity::run(a),
         Cmd::EchoServer { listen } => {
             echo_server::run(listen).map_err(|e| format!("echo server: {e}"))?;
             return Ok(ExitCode::SUCCESS);
