@@ -24,4 +24,4 @@ pub mod ws;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-pub use relay::{Memory, Relay, Stats};
+pub use relay::{AdvanceError, Memory, Relay, Stats, MAX_ADVANCE};

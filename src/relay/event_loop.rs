@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! Relay::turn
-//!  1. poll(timeout = next deadline | 0 with the manual clock)
+//!  1. poll(timeout = next deadline | a network event with the manual clock)
 //!  2. for each event:  listener → accept until WouldBlock (or back off)
 //!                      signal   → shutdown
 //!                      socket   → flush if writable; read if readable
@@ -49,8 +49,9 @@ pub(super) struct Readiness {
 
 impl Relay {
     /// One turn of the loop. `timeout` overrides how long `poll` may wait;
-    /// `None` waits until the next deadline (real clock) or not at all
-    /// (manual clock). Returns whether anything happened.
+    /// `None` waits until the next deadline (real clock) or, under a
+    /// manual clock, until a socket or signal is ready (no deadline comes
+    /// due by itself). Returns whether anything happened.
     pub fn turn(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         let timeout = timeout.or_else(|| self.poll_timeout());
         if let Err(err) = self.poll.poll(&mut self.events, timeout) {
@@ -83,12 +84,20 @@ impl Relay {
         Ok(busy)
     }
 
+    /// How long `poll` may sleep: until the next deadline on a real clock.
+    /// Under a manual clock no deadline comes due by itself, so the loop
+    /// sleeps until a socket or a signal wakes it — unless work is waiting
+    /// (connections to read again, or a timer already due).
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.conns.has_resume() || !self.clock.is_real() {
+        if self.conns.has_resume() {
             return Some(Duration::ZERO);
         }
-        let next = self.timers.next_deadline()?;
-        let wait = next.saturating_duration_since(self.clock.now());
+        let next = self.timers.next_deadline();
+        let now = self.clock.now();
+        if !self.clock.is_real() {
+            return next.filter(|&at| at <= now).map(|_| Duration::ZERO);
+        }
+        let wait = next?.saturating_duration_since(now);
         Some(wait + Duration::from_millis(1))
     }
 

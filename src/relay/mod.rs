@@ -16,10 +16,12 @@
 //! | `routing.rs` | envelopes both ways, close notices, backpressure |
 //! | `deadlines.rs` | the timer wheel's entries and what each deadline does |
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
+//! | `control.rs` | relay time under a manual clock: `advance`, the `/clock` endpoints |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
 mod conns;
+mod control;
 mod deadlines;
 mod event_loop;
 mod lifecycle;
@@ -43,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::timer::TimerWheel;
 use conns::{Conns, Handle};
+pub use control::{AdvanceError, MAX_ADVANCE};
 use deadlines::{TimerKey, SWEEP_INTERVAL};
 use event_loop::{Readiness, LISTENER, METRICS_LISTENER, SIGNALS};
 
