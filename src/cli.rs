@@ -2,7 +2,7 @@
 //! the SPEC as a flag, durations like `30s` and sizes like `256KiB`.
 //! A bad flag or configuration is exit code 2 with a one-line reason.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -101,6 +101,11 @@ pub struct Args {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: log::LevelFilter,
+    /// For other projects' tests: relay time moves only when
+    /// `POST /clock/advance?by=30s` on the metrics listener says so
+    /// (docs/TESTING.md). Refused when PYRYCODE_RELAY_PRODUCTION is set.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub manual_clock: bool,
 }
 
 /// What `main` needs: the loop's configuration and the process settings.
@@ -109,6 +114,26 @@ pub struct Settings {
     pub config: Config,
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: log::LevelFilter,
+    /// Relay time comes from a manual clock moved through `/clock/advance`.
+    pub manual_clock: bool,
+}
+
+impl Settings {
+    /// `--manual-clock` is for tests: refused when the environment says
+    /// this is production (`PYRYCODE_RELAY_PRODUCTION` set to anything but
+    /// empty, `0` or `false`). `production` is that variable's value.
+    pub fn refuse_test_features_in(&self, production: Option<&OsStr>) -> Result<(), String> {
+        let production = production
+            .map(|value| value.to_string_lossy().trim().to_ascii_lowercase())
+            .is_some_and(|value| !matches!(value.as_str(), "" | "0" | "false"));
+        if self.manual_clock && production {
+            return Err(
+                "--manual-clock: refused because PYRYCODE_RELAY_PRODUCTION is set (a manual clock is for tests only)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Accepts Go-style single-dash long flags (`-grace-period 5s`) too.
@@ -167,6 +192,12 @@ impl Args {
     pub fn into_settings(self) -> Result<Settings, String> {
         self.refuse_unbuilt_tls()?;
         let metrics_listen = self.metrics_address()?;
+        if self.manual_clock && metrics_listen.is_none() {
+            return Err(
+                "--manual-clock needs --metrics-listen: the clock moves through its /clock/advance endpoint"
+                    .into(),
+            );
+        }
         if self.binary_low_water > self.binary_high_water {
             return Err("--binary-low-water must not exceed --binary-high-water".into());
         }
@@ -200,6 +231,7 @@ impl Args {
             config,
             metrics_listen,
             log_level: self.log_level,
+            manual_clock: self.manual_clock,
         })
     }
 }
@@ -257,5 +289,25 @@ mod tests {
         assert!(settings(&["--tls-cert", "cert.pem"]).is_err());
         assert!(settings(&["--binary-low-water", "2MiB"]).is_err());
         assert!(settings(&["--no-such-flag"]).is_err());
+        let no_control = settings(&["--manual-clock", "--metrics-listen", ""]).unwrap_err();
+        assert!(no_control.contains("--metrics-listen"), "{no_control}");
+    }
+
+    #[test]
+    fn a_manual_clock_is_refused_in_production() {
+        let manual = settings(&["--manual-clock"]).unwrap();
+        assert!(manual.manual_clock);
+        assert!(!settings(&[]).unwrap().manual_clock);
+        for production in ["1", "true", "yes"] {
+            let refused = manual
+                .refuse_test_features_in(Some(OsStr::new(production)))
+                .unwrap_err();
+            assert!(refused.contains("PYRYCODE_RELAY_PRODUCTION"), "{refused}");
+        }
+        for not_production in [None, Some(OsStr::new("")), Some(OsStr::new("0"))] {
+            assert_eq!(manual.refuse_test_features_in(not_production), Ok(()));
+        }
+        let real = settings(&[]).unwrap();
+        assert_eq!(real.refuse_test_features_in(Some(OsStr::new("1"))), Ok(()));
     }
 }

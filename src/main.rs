@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, info, warn};
 use pyrycode_relay::cli::{normalize_args, Args, Settings};
-use pyrycode_relay::{Relay, SystemClock};
+use pyrycode_relay::{Clock, ManualClock, Relay, SystemClock};
 
 fn main() -> ExitCode {
     let settings = match parse_settings() {
@@ -36,7 +36,9 @@ fn parse_settings() -> Result<Settings, String> {
             return Err(reason.trim_start_matches("error: ").to_string());
         }
     };
-    args.into_settings()
+    let settings = args.into_settings()?;
+    settings.refuse_test_features_in(std::env::var_os("PYRYCODE_RELAY_PRODUCTION").as_deref())?;
+    Ok(settings)
 }
 
 /// Logs go to stderr, one line per event. Dependencies' own trace output
@@ -75,7 +77,12 @@ fn note_environment() {
 /// a listener that cannot be bound or fails is exit code 1.
 fn serve(settings: Settings) -> ExitCode {
     let listen = settings.config.listen;
-    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
+    let clock: Box<dyn Clock> = if settings.manual_clock {
+        Box::new(ManualClock::new())
+    } else {
+        Box::new(SystemClock)
+    };
+    let mut relay = match Relay::new(settings.config, clock) {
         Ok(relay) => relay,
         Err(err) => {
             error!("listen_failed addr={listen} error={err}");
@@ -83,9 +90,15 @@ fn serve(settings: Settings) -> ExitCode {
         }
     };
     if let Some(addr) = settings.metrics_listen {
-        if let Err(err) = relay.listen_metrics(addr) {
-            error!("listen_failed addr={addr} error={err}");
-            return ExitCode::from(1);
+        match relay.listen_metrics(addr) {
+            Ok(bound) if settings.manual_clock => warn!(
+                "manual_clock_enabled control=http://{bound}/clock/advance note=\"relay time moves only when told to: for tests, never production\""
+            ),
+            Ok(_) => {}
+            Err(err) => {
+                error!("listen_failed addr={addr} error={err}");
+                return ExitCode::from(1);
+            }
         }
     }
     if let Err(err) = relay.handle_signals() {
