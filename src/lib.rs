@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod envelope;
+pub mod fixture;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -24,4 +25,4 @@ pub mod ws;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-pub use relay::{AdvanceError, Memory, Relay, Stats, MAX_ADVANCE};
+pub use relay::{AdvanceError, Census, Memory, Relay, Stats, MAX_ADVANCE};

@@ -290,6 +290,18 @@ impl<K: Copy + Eq> Registry<K> {
             .get(server_id)
             .map_or(&[][..], |slot| &slot.phones[..])
     }
+
+    /// Every server-id with a slot (held, probing or in grace).
+    pub fn slots(&self) -> impl Iterator<Item = (&Rc<str>, &Slot<K>)> {
+        self.slots.iter()
+    }
+
+    /// Every conn_id the relay routes to, with its phone.
+    pub fn conn_ids(&self) -> impl Iterator<Item = (&Rc<str>, K)> {
+        self.phones_by_conn_id
+            .iter()
+            .map(|(conn_id, &phone)| (conn_id, phone))
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,14 @@ impl Relay {
         Ok(self.elapsed())
     }
 
+    /// The instant of the next timer, relay time, if any: where a caller
+    /// that wants to watch each deadline's effects may step to. Includes
+    /// entries that turn out to be stale when they fire.
+    pub(crate) fn next_deadline(&self) -> Option<Duration> {
+        let at = self.timers.next_deadline()?;
+        Some(at.saturating_duration_since(self.started))
+    }
+
     /// `/clock` and `/clock/advance` on the metrics listener. Returns false
     /// when the route is not a clock route or the relay has no manual
     /// clock (the caller answers 404).

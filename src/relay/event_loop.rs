@@ -238,3 +238,37 @@ impl Relay {
         self.close_all_for_shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Config, ManualClock, Relay, SystemClock};
+
+    fn config() -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    /// `--manual-clock` must not spin a core: with nothing to do and no
+    /// timer due, `poll` waits for a socket or a signal, however long.
+    #[test]
+    fn a_manual_clock_loop_sleeps_until_a_socket_is_ready() {
+        let clock = ManualClock::new();
+        let relay = Relay::new(config(), Box::new(clock.clone())).unwrap();
+        assert_eq!(relay.poll_timeout(), None);
+        // A timer due now (the clock moved without the relay firing it).
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(relay.poll_timeout(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_real_clock_loop_sleeps_until_the_next_deadline() {
+        let relay = Relay::new(config(), Box::new(SystemClock)).unwrap();
+        // The sweep is 60 s away; the wheel looks one revolution (41 s) ahead.
+        let timeout = relay.poll_timeout().expect("the sweep timer stands");
+        assert!(timeout > Duration::from_secs(40), "{timeout:?}");
+    }
+}

@@ -17,6 +17,7 @@
 //! | `deadlines.rs` | the timer wheel's entries and what each deadline does |
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
 //! | `control.rs` | relay time under a manual clock: `advance`, the `/clock` endpoints |
+//! | `inspect.rs` | for tests: the census, the consistency audit, a connection by address |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
@@ -24,6 +25,7 @@ mod conns;
 mod control;
 mod deadlines;
 mod event_loop;
+mod inspect;
 mod lifecycle;
 mod read;
 mod routing;
@@ -48,6 +50,7 @@ use conns::{Conns, Handle};
 pub use control::{AdvanceError, MAX_ADVANCE};
 use deadlines::{TimerKey, SWEEP_INTERVAL};
 use event_loop::{Readiness, LISTENER, METRICS_LISTENER, SIGNALS};
+pub use inspect::Census;
 
 /// A snapshot of the loop's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
