@@ -12,6 +12,7 @@
 //!  3. read every connection on the resume list
 //!  4. fire the due timers
 //!  5. flush every connection that got output this turn, once
+//!  6. (manual clock) parked POST /clock/advance requests: catch up, advance, answer
 //! ```
 
 use std::io::ErrorKind;
@@ -54,6 +55,17 @@ impl Relay {
     /// due by itself). Returns whether anything happened.
     pub fn turn(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         let timeout = timeout.or_else(|| self.poll_timeout());
+        let mut busy = self.poll_and_dispatch(timeout)?;
+        busy |= self.read_resumed();
+        busy |= self.fire_timers();
+        self.flush_dirty();
+        busy |= self.run_parked_advances()?;
+        Ok(busy)
+    }
+
+    /// Steps 1 and 2: waits up to `timeout` for readiness and handles
+    /// every event. Returns whether there was any.
+    pub(super) fn poll_and_dispatch(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         if let Err(err) = self.poll.poll(&mut self.events, timeout) {
             if err.kind() == ErrorKind::Interrupted {
                 return Ok(true);
@@ -71,17 +83,22 @@ impl Relay {
                 closed,
             }
         }));
-        let mut busy = !ready.is_empty() || self.conns.has_resume();
         for &readiness in &ready {
             self.dispatch(readiness);
         }
+        let any = !ready.is_empty();
         self.ready = ready;
-        for handle in self.conns.take_resume() {
+        Ok(any)
+    }
+
+    /// Step 3: reads every connection on the resume list. Returns whether
+    /// there was any.
+    pub(super) fn read_resumed(&mut self) -> bool {
+        let resumed = self.conns.take_resume();
+        for &handle in &resumed {
             self.pump(handle);
         }
-        busy |= self.fire_timers();
-        self.flush_dirty();
-        Ok(busy)
+        !resumed.is_empty()
     }
 
     /// How long `poll` may sleep: until the next deadline on a real clock.

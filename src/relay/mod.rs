@@ -33,9 +33,10 @@ mod slot;
 mod upgrade;
 mod write;
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
@@ -120,6 +121,8 @@ pub struct Relay {
     accept_paused: bool,
     /// Back-offs in a row (for logging the first and the recovery only).
     accept_pauses: u32,
+    /// `POST /clock/advance` requests waiting for the end of the turn.
+    parked_advances: VecDeque<(Handle, Duration)>,
 }
 
 impl Relay {
@@ -157,6 +160,7 @@ impl Relay {
             drain_until: None,
             accept_paused: false,
             accept_pauses: 0,
+            parked_advances: VecDeque::new(),
         })
     }
 
