@@ -77,11 +77,7 @@ impl Relay {
     /// The connection whose peer is at `remote` (a test client's local
     /// address), if the relay still holds it.
     pub(crate) fn conn_by_remote(&self, remote: SocketAddr) -> Option<ConnView> {
-        let handle = self
-            .conns
-            .handles()
-            .into_iter()
-            .find(|&handle| self.conns.get(handle).is_some_and(|c| c.remote == remote))?;
+        let handle = self.conns.find(|conn| conn.remote == remote)?;
         let conn = self.conns.get(handle)?;
         let reading = match conn.phase() {
             Phase::Open(_) | Phase::Closing => self.may_read(handle),
