@@ -3,9 +3,11 @@
 //! order their binary sent them; pongs echoing pings; every close with
 //! the code and reason the model expects; nothing after a close.
 
+use std::time::Duration;
+
 use pyrycode_relay::fixture::{conn_id_of, Frame};
 
-use super::model::{Fate, Kind, SlotState, SERVER_IDS};
+use super::model::{Actor, Fate, Kind, SlotState, SERVER_IDS};
 use super::payload::tag_of;
 use super::world::World;
 use super::{tally, trace};
@@ -236,46 +238,24 @@ impl World {
         }
     }
 
+    /// The relay's close frame: the one the model expects (or one it
+    /// excuses), after every frame queued ahead of it; echoed by a peer
+    /// that is not stuck.
     fn on_close(&mut self, id: usize, code: Option<u16>, reason: String) {
         let now = self.now();
+        let timeout = self.config.message_timeout;
         let actor = &mut self.actors[id];
         actor.close_seen = true;
-        let heartbeat = code == Some(1011) && reason == "heartbeat timeout";
-        let timed_out = code == Some(1008) && reason == "message timeout";
-        let expected = match &actor.fate {
-            Fate::Closed(c, r) => {
-                let got = (code, reason.as_str());
-                got == (Some(*c), r.as_str())
-                    || actor
-                        .fate_or
-                        .iter()
-                        .any(|(c, r)| got == (Some(*c), r.as_str()))
-            }
-            Fate::Echo(c) => *c == code && reason.is_empty(),
-            Fate::Loose => heartbeat || timed_out,
-            Fate::Open | Fate::Gone => false,
-        };
-        let excused = (heartbeat && actor.may_end_loosely(now))
-            || (timed_out && actor.may_time_out(now, self.config.message_timeout));
+        tally(close_kind(code, &reason, &actor.fate));
         assert!(
             actor.down.is_empty(),
             "{}: closed {code:?} before {} frames queued ahead of the close",
             actor.name(),
             actor.down.len()
         );
-        tally(match code {
-            Some(4404) => "closes 4404",
-            Some(4409) => "closes 4409",
-            Some(4429) => "closes 4429",
-            Some(1011) if reason == "phone backlog full" => "closes 1011 backlog",
-            Some(1011) => "closes 1011 heartbeat",
-            Some(1007 | 1009) => "closes 1007/1009",
-            Some(1008) => "closes 1008",
-            Some(1001) if reason == "shutting down" => "closes 1001 shutdown",
-            _ if matches!(actor.fate, Fate::Echo(_)) => "close echoes",
-            _ => "closes by directive",
-        });
-        if !expected && !excused {
+        if !close_expected(actor, code, &reason)
+            && !close_excused(actor, code, &reason, now, timeout)
+        {
             panic!(
                 "{}: closed {code:?} {reason:?}, expected {:?}",
                 actor.name(),
@@ -289,9 +269,10 @@ impl World {
         }
         let actor = &mut self.actors[id];
         if relay_started && !actor.mute && actor.hanging.is_none() {
-            let echo = code.map(u16::to_be_bytes).unwrap_or_default();
-            let payload = if code.is_some() { &echo[..] } else { &[][..] };
-            actor.client().push_frame(0x8, true, payload);
+            let echo = code.map(u16::to_be_bytes);
+            actor
+                .client()
+                .push_frame(0x8, true, echo.as_ref().map_or(&[][..], |e| &e[..]));
         }
     }
 
@@ -315,6 +296,57 @@ impl World {
         if !actor.client().has_hung_up() {
             actor.client().close_write();
         }
+    }
+}
+
+fn is_heartbeat(code: Option<u16>, reason: &str) -> bool {
+    code == Some(1011) && reason == "heartbeat timeout"
+}
+
+fn is_message_timeout(code: Option<u16>, reason: &str) -> bool {
+    code == Some(1008) && reason == "message timeout"
+}
+
+/// Whether the close is the one the model decided on.
+fn close_expected(actor: &Actor, code: Option<u16>, reason: &str) -> bool {
+    match &actor.fate {
+        Fate::Closed(c, r) => {
+            let same = |(c, r): (&u16, &String)| (Some(*c), r.as_str()) == (code, reason);
+            same((c, r)) || actor.fate_or.iter().any(|(c, r)| same((c, r)))
+        }
+        Fate::Echo(c) => *c == code && reason.is_empty(),
+        Fate::Loose => is_heartbeat(code, reason) || is_message_timeout(code, reason),
+        Fate::Open | Fate::Gone => false,
+    }
+}
+
+/// Whether the relay may close this peer so on its own: the heartbeat
+/// of a peer that did not answer, the timeout of a message it left
+/// unfinished.
+fn close_excused(
+    actor: &Actor,
+    code: Option<u16>,
+    reason: &str,
+    now: Duration,
+    timeout: Duration,
+) -> bool {
+    (is_heartbeat(code, reason) && actor.may_end_loosely(now))
+        || (is_message_timeout(code, reason) && actor.may_time_out(now, timeout))
+}
+
+/// The tally a close counts under.
+fn close_kind(code: Option<u16>, reason: &str, fate: &Fate) -> &'static str {
+    match code {
+        Some(4404) => "closes 4404",
+        Some(4409) => "closes 4409",
+        Some(4429) => "closes 4429",
+        Some(1011) if reason == "phone backlog full" => "closes 1011 backlog",
+        Some(1011) => "closes 1011 heartbeat",
+        Some(1007 | 1009) => "closes 1007/1009",
+        Some(1008) => "closes 1008",
+        Some(1001) if reason == "shutting down" => "closes 1001 shutdown",
+        _ if matches!(fate, Fate::Echo(_)) => "close echoes",
+        _ => "closes by directive",
     }
 }
 
