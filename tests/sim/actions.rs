@@ -537,7 +537,11 @@ impl World {
 
     /// `id` sends a close frame with `code` (or an empty one).
     pub fn leave_with_close(&mut self, id: usize, code: Option<u16>) {
-        self.finish_hanging(id);
+        if self.finish_hanging(id) {
+            // Its message may have put its binary over high water: leave
+            // on a later step, when the relay reads it again.
+            return;
+        }
         trace(format!(
             "{} leaves with close {code:?}",
             self.actors[id].name()
@@ -553,7 +557,9 @@ impl World {
     fn ping(&mut self) {
         let candidates = self.open_peers();
         if let Some(id) = self.pick_read(&candidates) {
-            self.finish_hanging(id);
+            if self.finish_hanging(id) {
+                return;
+            }
             let payload = format!("sim-ping-{}", self.rng.below(1_000_000)).into_bytes();
             trace(format!("{} pings", self.actors[id].name()));
             self.actors[id].pings.push_back(payload.clone());
@@ -587,8 +593,7 @@ impl World {
         let Some(id) = self.pick_read(&phones) else {
             return;
         };
-        self.finish_hanging(id);
-        if !self.actors[id].is_open() {
+        if self.finish_hanging(id) || !self.actors[id].is_open() {
             return;
         }
         let (bytes, code) = if self.rng.chance(60) {
@@ -613,7 +618,8 @@ impl World {
             .map(|a| a.id)
             .collect();
         if let Some(id) = self.rng.pick(&hanging).filter(|_| self.rng.chance(50)) {
-            return self.finish_hanging(id);
+            self.finish_hanging(id);
+            return;
         }
         let mut candidates = self.open_peers();
         candidates.retain(|&id| self.actors[id].hanging.is_none());
@@ -652,10 +658,11 @@ impl World {
         });
     }
 
-    /// Sends the rest of `id`'s unfinished message, if it has one.
-    fn finish_hanging(&mut self, id: usize) {
+    /// Sends the rest of `id`'s unfinished message, if it has one;
+    /// returns whether it had one.
+    fn finish_hanging(&mut self, id: usize) -> bool {
         let Some(hanging) = self.actors[id].hanging.take() else {
-            return;
+            return false;
         };
         trace(format!("{} finishes its message", self.actors[id].name()));
         if self.actors[id].kind == Kind::Phone {
@@ -667,6 +674,7 @@ impl World {
             self.pong_sent(id, pong);
         }
         self.write_split_for(id, &bytes);
+        true
     }
 
     /// A connection that sends part of a request head (maybe nothing) and
