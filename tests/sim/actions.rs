@@ -554,17 +554,59 @@ impl World {
         self.write_split_for(id, &frame);
     }
 
+    /// A peer pings (the relay answers with the same payload); now and
+    /// then a challenger waiting on its probe, which the relay does not
+    /// read until it is promoted; now and then a slow peer floods pings
+    /// without reading its pongs, until the relay stops reading it.
     fn ping(&mut self) {
-        let candidates = self.open_peers();
-        if let Some(id) = self.pick_read(&candidates) {
-            if self.finish_hanging(id) {
-                return;
+        let challengers: Vec<usize> = self
+            .actors
+            .iter()
+            .filter(|a| a.challenger && a.is_open())
+            .map(|a| a.id)
+            .collect();
+        let id = match self.rng.below(10) {
+            0 => self.rng.pick(&challengers),
+            1 => return self.ping_flood(),
+            _ => {
+                let candidates = self.open_peers();
+                self.pick_read(&candidates)
             }
-            let payload = format!("sim-ping-{}", self.rng.below(1_000_000)).into_bytes();
-            trace(format!("{} pings", self.actors[id].name()));
-            self.actors[id].pings.push_back(payload.clone());
-            self.write_split_for(id, &masked_frame(0x9, true, &payload));
+        };
+        let Some(id) = id else {
+            return;
+        };
+        if self.finish_hanging(id) {
+            return;
         }
+        let payload = format!("sim-ping-{}", self.rng.below(1_000_000)).into_bytes();
+        trace(format!("{} pings", self.actors[id].name()));
+        self.actors[id].pings.push_back(payload.clone());
+        self.write_split_for(id, &masked_frame(0x9, true, &payload));
+    }
+
+    /// A peer that does not read sends a thousand pings: their pongs pile
+    /// up until its output passes the read limit, and the relay stops
+    /// reading it (its queue stays bounded) until it reads again.
+    fn ping_flood(&mut self) {
+        let slow: Vec<usize> = self
+            .actors
+            .iter()
+            .filter(|a| a.slow && a.is_open() && !a.challenger && a.hanging.is_none())
+            .map(|a| a.id)
+            .collect();
+        let Some(id) = self.pick_read(&slow) else {
+            return;
+        };
+        trace(format!("{} floods pings", self.actors[id].name()));
+        tally("ping floods");
+        let mut bytes = Vec::new();
+        for n in 0..1000 {
+            let payload = format!("flood-{n:04}-{}", "x".repeat(100)).into_bytes();
+            bytes.extend(masked_frame(0x9, true, &payload));
+            self.actors[id].pings.push_back(payload);
+        }
+        self.actors[id].client().push_raw(&bytes);
     }
 
     fn toggle_slow(&mut self) {
