@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use super::conns::Handle;
 use super::lifecycle::{Conn, Peer, Phase};
 use super::Relay;
-use crate::registry::SlotState;
+use crate::registry::{Slot, SlotState};
 use crate::transport::Transport;
 
 /// Everything the relay holds, counted. Once every client has left and
@@ -129,54 +129,60 @@ impl Relay {
         }
     }
 
-    /// Every registry entry names an open peer of its server-id, and no
-    /// server-id has more phones than the cap.
+    /// Every registry entry names an open peer of its server-id, and
+    /// every conn_id an open phone.
     fn audit_registry(&self, problems: &mut Vec<String>) {
-        let cap = self.config.max_phones_per_server;
         for (server_id, slot) in self.registry.slots() {
-            let (binary, challenger) = match slot.state {
-                SlotState::Held { binary } => (Some(binary), None),
-                SlotState::Probing { binary, challenger } => (Some(binary), Some(challenger)),
-                SlotState::Grace => (None, None),
-            };
-            if let Some(binary) = binary {
-                if !self.is_peer(
-                    binary,
-                    |peer| matches!(peer, Peer::Binary(id) if id == server_id),
-                ) {
-                    problems.push(format!("{server_id}: its holder is not an open binary"));
-                }
-            }
-            if let Some(challenger) = challenger {
-                if !self.is_peer(
-                    challenger,
-                    |p| matches!(p, Peer::Challenger(id) if id == server_id),
-                ) {
-                    problems.push(format!("{server_id}: its challenger is not waiting"));
-                }
-            }
-            if slot.phones.len() > cap {
-                problems.push(format!(
-                    "{server_id}: {} phones, cap {cap}",
-                    slot.phones.len()
-                ));
-            }
-            for &phone in &slot.phones {
-                if !self.is_peer(
-                    phone,
-                    |p| matches!(p, Peer::Phone { server_id: id, .. } if id == server_id),
-                ) {
-                    problems.push(format!("{server_id}: a listed phone is not its open phone"));
-                }
-            }
+            self.audit_slot(server_id, slot, problems);
         }
         for (conn_id, phone) in self.registry.conn_ids() {
-            if !self.is_peer(
-                phone,
-                |p| matches!(p, Peer::Phone { conn_id: id, .. } if id == conn_id),
-            ) {
+            let routes = |p: &Peer| matches!(p, Peer::Phone { conn_id: id, .. } if id == conn_id);
+            if !self.is_peer(phone, routes) {
                 problems.push(format!("conn_id {conn_id} routes to no open phone"));
             }
+        }
+    }
+
+    /// One slot: its holder, challenger and phones are open as such, the
+    /// phone cap holds, and phones are held back only while the binary
+    /// has more than low water queued.
+    fn audit_slot(&self, server_id: &str, slot: &Slot<Handle>, problems: &mut Vec<String>) {
+        let (binary, challenger) = match slot.state {
+            SlotState::Held { binary } => (Some(binary), None),
+            SlotState::Probing { binary, challenger } => (Some(binary), Some(challenger)),
+            SlotState::Grace => (None, None),
+        };
+        let holds = |p: &Peer| matches!(p, Peer::Binary(id) if &**id == server_id);
+        if binary.is_some_and(|binary| !self.is_peer(binary, holds)) {
+            problems.push(format!("{server_id}: its holder is not an open binary"));
+        }
+        let waits = |p: &Peer| matches!(p, Peer::Challenger(id) if &**id == server_id);
+        if challenger.is_some_and(|challenger| !self.is_peer(challenger, waits)) {
+            problems.push(format!("{server_id}: its challenger is not waiting"));
+        }
+        let queued = binary
+            .and_then(|binary| self.conns.get(binary))
+            .map_or(0, Conn::pending_output);
+        if slot.backpressured && queued <= self.config.binary_low_water {
+            problems.push(format!(
+                "{server_id}: phones held back, but its binary has {queued} bytes queued"
+            ));
+        }
+        let cap = self.config.max_phones_per_server;
+        if slot.phones.len() > cap {
+            problems.push(format!(
+                "{server_id}: {} phones, cap {cap}",
+                slot.phones.len()
+            ));
+        }
+        let serves =
+            |p: &Peer| matches!(p, Peer::Phone { server_id: id, .. } if &**id == server_id);
+        if slot
+            .phones
+            .iter()
+            .any(|&phone| !self.is_peer(phone, serves))
+        {
+            problems.push(format!("{server_id}: a listed phone is not its open phone"));
         }
     }
 
