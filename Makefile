@@ -1,7 +1,7 @@
 # pyrycode-relay — the commands a developer and CI use.
 CARGO ?= cargo
 
-.PHONY: build run test test-scale lint fmt bench fuzz-build fuzz
+.PHONY: build run test test-scale sim lint fmt bench fuzz-build fuzz
 
 build:
 	$(CARGO) build --release --workspace
@@ -25,6 +25,13 @@ SCALE_PROXY ?= auto
 test-scale:
 	$(CARGO) build --workspace
 	target/debug/relay-bench scale-test --relay target/debug/pyrycode-relay --proxy $(SCALE_PROXY)
+
+# The seeded whole-relay simulation alone (docs/TESTING.md): `make test`
+# runs 50 seeds; SIM_SEEDS=10000 make sim runs more, SIM_FIRST=N starts
+# elsewhere, SIM_SEED=N replays one.
+SIM_SEEDS ?= 1000
+sim:
+	SIM_SEEDS=$(SIM_SEEDS) $(CARGO) test --test sim -- --nocapture
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -183,6 +183,12 @@ impl Args {
         let push = self.push(env)?;
         let production = env.check()?;
         self.check_production(production, &listeners)?;
+        if self.manual_clock && metrics_listen.is_none() {
+            return Err(
+                "--manual-clock needs --metrics-listen: relay time is moved by POST /clock/advance on it"
+                    .into(),
+            );
+        }
         let config = Config {
             listen: listeners[0].addr,
             ..self.config()

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod envelope;
+pub mod fixture;
 pub mod handover;
 pub mod heap;
 pub mod http;
@@ -31,4 +32,4 @@ pub mod ws;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-pub use relay::{Memory, Relay, Stats};
+pub use relay::{AdvanceError, Census, Memory, Relay, Stats, MAX_ADVANCE};

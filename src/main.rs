@@ -11,7 +11,7 @@ use pyrycode_relay::boot::{Environment, Privileges};
 use pyrycode_relay::cli::{normalize_args, Args};
 use pyrycode_relay::push::{Push, PushConfig, ServiceAccountKey};
 use pyrycode_relay::settings::{self, Settings, Tls};
-use pyrycode_relay::{handover, Relay, SystemClock};
+use pyrycode_relay::{handover, Clock, ManualClock, Relay, SystemClock};
 
 fn main() -> ExitCode {
     let (check_mode, args) = handover::take_check_flag(std::env::args_os().collect());
@@ -96,7 +96,6 @@ fn refuse_unbuilt(settings: &Settings) -> Result<(), String> {
             "the PROXY protocol (--proxy-protocol, --https-proxy-protocol)",
             BEHIND_A_TERMINATOR,
         ),
-        (settings.manual_clock, "--manual-clock", ""),
     ];
     match unbuilt.iter().find(|(asked, _, _)| *asked) {
         Some((_, what, hint)) => Err(format!("{what}: not built into this version yet{hint}")),
@@ -128,9 +127,6 @@ fn log_settings(settings: &Settings, push: Option<&PushConfig>) {
     match push {
         Some(push) => info!("push_enabled project={}", push.project),
         None => info!("push_off reason=credentials_unset note=\"push_wake envelopes are dropped\""),
-    }
-    if settings.manual_clock {
-        warn!("manual_clock on=1 note=\"relay time advances only when the fixture says so; never in production\"");
     }
 }
 
@@ -185,7 +181,12 @@ fn serve(settings: Settings, push: Option<PushConfig>) -> ExitCode {
 /// A fresh start: binds the listeners (exit 1 if one cannot be bound).
 fn bind(settings: Settings) -> Option<Relay> {
     let listen = settings.config.listen;
-    let mut relay = match Relay::new(settings.config, Box::new(SystemClock)) {
+    let clock: Box<dyn Clock> = if settings.manual_clock {
+        Box::new(ManualClock::new())
+    } else {
+        Box::new(SystemClock)
+    };
+    let mut relay = match Relay::new(settings.config, clock) {
         Ok(relay) => relay,
         Err(err) => {
             error!("listen_failed addr={listen} error={err}");
@@ -193,9 +194,17 @@ fn bind(settings: Settings) -> Option<Relay> {
         }
     };
     if let Some(addr) = settings.metrics_listen {
-        if let Err(err) = relay.listen_metrics(addr) {
-            error!("listen_failed addr={addr} error={err}");
-            return None;
+        match relay.listen_metrics(addr) {
+            // Loudly: a relay whose time stands still must never be mistaken
+            // for a production one (docs/TESTING.md).
+            Ok(bound) if settings.manual_clock => warn!(
+                "manual_clock_enabled control=http://{bound}/clock/advance note=\"relay time moves only when told to: for tests, never production\""
+            ),
+            Ok(_) => {}
+            Err(err) => {
+                error!("listen_failed addr={addr} error={err}");
+                return None;
+            }
         }
     }
     Some(relay)

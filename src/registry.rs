@@ -330,6 +330,13 @@ impl<K: Copy + Eq> Registry<K> {
         self.slots.iter()
     }
 
+    /// Every conn_id the relay routes to, with its phone.
+    pub fn conn_ids(&self) -> impl Iterator<Item = (&Rc<str>, K)> {
+        self.phones_by_conn_id
+            .iter()
+            .map(|(conn_id, &phone)| (conn_id, phone))
+    }
+
     /// Puts back a slot as it was, and its phones' conn_ids.
     pub fn restore_slot(&mut self, server_id: Rc<str>, slot: Slot<K>, conn_ids: Vec<(Rc<str>, K)>) {
         self.slots.insert(server_id, slot);

@@ -488,7 +488,7 @@ fn tls_and_acme_flags_without_their_mode_are_refused() {
 }
 
 #[test]
-fn valid_tls_proxy_and_clock_settings_stop_at_not_built_yet() {
+fn valid_tls_and_proxy_settings_stop_at_not_built_yet() {
     for (args, needle) in [
         (&["--domain", "relay.example.com"][..], "TLS and ACME"),
         (&TLS_FILES[..], "TLS and ACME"),
@@ -507,10 +507,6 @@ fn valid_tls_proxy_and_clock_settings_stop_at_not_built_yet() {
         (
             &["--insecure-listen", "127.0.0.1:0", "--proxy-protocol"],
             "the PROXY protocol",
-        ),
-        (
-            &["--insecure-listen", "127.0.0.1:0", "--manual-clock"],
-            "--manual-clock",
         ),
     ] {
         let line = refused_flags(args, NOT_BUILT);

@@ -185,6 +185,14 @@ impl Conns {
             .collect()
     }
 
+    /// The first connection for which `matches` holds.
+    pub fn find(&self, matches: impl Fn(&Conn) -> bool) -> Option<Handle> {
+        self.slab
+            .iter()
+            .find(|(_, conn)| matches(conn))
+            .map(|(key, conn)| Handle { key, id: conn.id })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Conn> {
         self.slab.iter().map(|(_, conn)| conn)
     }

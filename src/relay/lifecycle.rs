@@ -248,6 +248,25 @@ impl Conn {
     }
 }
 
+/// The order in which shutdown closes open peers.
+#[derive(Clone, Copy)]
+enum ShutdownPass {
+    Phones,
+    Challengers,
+    Binaries,
+}
+
+impl ShutdownPass {
+    fn takes(self, peer: &Peer) -> bool {
+        matches!(
+            (self, peer),
+            (ShutdownPass::Phones, Peer::Phone { .. })
+                | (ShutdownPass::Challengers, Peer::Challenger(_))
+                | (ShutdownPass::Binaries, Peer::Binary(_))
+        )
+    }
+}
+
 /// How a peer's part ended; decides the close notice sent to its binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -471,12 +490,29 @@ impl Relay {
 
     /// Shutdown begins (SPEC §9): requests still in their head are
     /// dropped, open WebSockets are closed 1001 after what is queued.
+    ///
+    /// Phones go first, then challengers, then binaries: a binary's part
+    /// ending while a phone or a challenger of its server-id is still open
+    /// would act on them (a challenger waiting on the conflict probe would
+    /// be handed the server-id, and the phones closed 4404 "binary
+    /// reclaimed server-id" instead of 1001).
     pub(super) fn close_all_for_shutdown(&mut self) {
-        for handle in self.conns.handles() {
-            match self.conns.get(handle).map(Conn::phase) {
-                Some(Phase::Head(_)) => self.drop_conn(handle, Ending::Shutdown),
-                Some(Phase::Open(_)) => self.close(handle, Close::Shutdown),
-                _ => {}
+        let handles = self.conns.handles();
+        for handle in &handles {
+            if let Some(Phase::Head(_)) = self.conns.get(*handle).map(Conn::phase) {
+                self.drop_conn(*handle, Ending::Shutdown);
+            }
+        }
+        for pass in [
+            ShutdownPass::Phones,
+            ShutdownPass::Challengers,
+            ShutdownPass::Binaries,
+        ] {
+            for &handle in &handles {
+                let peer = self.conns.get(handle).and_then(Conn::peer);
+                if peer.is_some_and(|peer| pass.takes(peer)) {
+                    self.close(handle, Close::Shutdown);
+                }
             }
         }
     }

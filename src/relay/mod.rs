@@ -20,13 +20,17 @@
 //! | `handover.rs` | SIGUSR2: check the new executable, re-execute in place |
 //! | `snapshot.rs`, `restore.rs` | the loop's state to a `handover::Snapshot` and back |
 //! | `trim.rs` | giving back capacity that past load left idle |
+//! | `control.rs` | relay time under a manual clock: `advance`, the `/clock` endpoints |
+//! | `inspect.rs` | for tests: the census, the consistency audit, a connection by address |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
 mod conns;
+mod control;
 mod deadlines;
 mod event_loop;
 mod handover;
+mod inspect;
 mod lifecycle;
 mod read;
 mod restore;
@@ -38,9 +42,10 @@ mod upgrade;
 mod wakes;
 mod write;
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
@@ -53,8 +58,10 @@ use crate::push::Push;
 use crate::registry::Registry;
 use crate::timer::TimerWheel;
 use conns::{Conns, Handle};
+pub use control::{AdvanceError, MAX_ADVANCE};
 use deadlines::{TimerKey, SWEEP_INTERVAL, TRIM_INTERVAL};
 use event_loop::{Readiness, LISTENER, METRICS_LISTENER, SIGNALS};
+pub use inspect::Census;
 
 /// A snapshot of the loop's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,6 +137,8 @@ pub struct Relay {
     accept_pauses: u32,
     /// SIGUSR2: what to execute, and how far an upgrade has come.
     upgrade: handover::Upgrades,
+    /// `POST /clock/advance` requests waiting for the end of the turn.
+    parked_advances: VecDeque<(Handle, Duration)>,
 }
 
 impl Relay {
@@ -181,6 +190,7 @@ impl Relay {
             accept_paused: false,
             accept_pauses: 0,
             upgrade: handover::Upgrades::default(),
+            parked_advances: VecDeque::new(),
         })
     }
 

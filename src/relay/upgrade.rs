@@ -27,6 +27,8 @@ impl Relay {
         };
         match (origin, route) {
             (Origin::Metrics, Route::Metrics) => self.answer_metrics(handle),
+            (Origin::Metrics, Route::Clock | Route::ClockAdvance)
+                if self.answer_clock(handle, &request) => {}
             (Origin::Public, Route::Healthz) => self.answer_healthz(handle),
             (Origin::Public, Route::Server | Route::Client) => {
                 self.upgrade(handle, route, head_len, &request)
