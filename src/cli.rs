@@ -210,6 +210,9 @@ impl Args {
     fn metrics_address(&self) -> Result<Option<SocketAddr>, String> {
         match self.metrics_listen.as_str() {
             "" => Ok(None),
+            // With a manual clock the listener is a test's control endpoint:
+            // port 0 takes a free port, and the start-up line names it.
+            text if self.manual_clock => settings::parse_loopback_addr(text).map(Some),
             text => settings::parse_metrics_addr(text).map(Some),
         }
     }

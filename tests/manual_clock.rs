@@ -287,12 +287,17 @@ fn the_clock_is_logged_loudly_and_moves_only_when_told() {
 
 #[test]
 fn without_manual_clock_the_clock_paths_are_404() {
+    // A production metrics listener needs a fixed port: take a free one.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|probe| probe.local_addr())
+        .expect("a free loopback port")
+        .to_string();
     let mut child = Command::new(RELAY)
         .args([
             "--insecure-listen",
             "127.0.0.1:0",
             "--metrics-listen",
-            "127.0.0.1:0",
+            &free,
         ])
         .args(["--log-level", "debug"])
         .stdin(Stdio::null())

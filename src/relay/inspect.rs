@@ -14,6 +14,9 @@ use super::Relay;
 use crate::registry::{Slot, SlotState};
 use crate::transport::Transport;
 
+/// Timers that always stand: the rate limiter's sweep and the memory trim.
+const PERIODIC_TIMERS: usize = 2;
+
 /// Everything the relay holds, counted. Once every client has left and
 /// every deadline has passed, all of it is zero (what the simulation in
 /// `tests/sim.rs` checks at the end of each run).
@@ -31,8 +34,9 @@ pub struct Census {
     pub server_ids: usize,
     /// conn_ids the registry routes to.
     pub conn_ids: usize,
-    /// Timer-wheel entries, not counting the rate limiter's periodic
-    /// sweep (which always stands). Stale entries count until they fire.
+    /// Timer-wheel entries, not counting the periodic ones that always
+    /// stand (the rate limiter's sweep and the memory trim). Stale entries
+    /// count until they fire.
     pub timers: usize,
     /// Client IPs the per-IP limits remember.
     pub tracked_ips: usize,
@@ -67,7 +71,7 @@ impl Relay {
             phones: self.counts.phones,
             server_ids: self.registry.slots().count(),
             conn_ids: self.registry.conn_ids().count(),
-            timers: self.timers.len().saturating_sub(1),
+            timers: self.timers.len().saturating_sub(PERIODIC_TIMERS),
             tracked_ips: self.limits.tracked(),
             connections_with_buffers: self.conns.iter().filter(|c| c.holds_buffers()).count(),
             queued_output: self.conns.iter().map(Conn::pending_output).sum(),
