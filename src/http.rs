@@ -24,6 +24,11 @@ pub enum Route {
     Healthz,
     /// `/metrics`, served on the metrics listener only.
     Metrics,
+    /// `/clock`: the manual clock's time (metrics listener, `--manual-clock`).
+    Clock,
+    /// `/clock/advance`: moves the manual clock (metrics listener,
+    /// `--manual-clock`).
+    ClockAdvance,
     /// Anything else.
     NotFound,
 }
@@ -36,6 +41,7 @@ impl Route {
             Route::Client => "client",
             Route::Healthz => "healthz",
             Route::Metrics => "metrics",
+            Route::Clock | Route::ClockAdvance => "clock",
             Route::NotFound => "other",
         }
     }
@@ -46,6 +52,9 @@ impl Route {
 pub struct Request {
     pub route: Option<Route>,
     pub method_is_get: bool,
+    pub method_is_post: bool,
+    /// The text after `?` in the request target, if any.
+    pub query: Option<String>,
     pub upgrade_websocket: bool,
     pub connection_upgrade: bool,
     pub ws_version: Option<String>,
@@ -96,20 +105,27 @@ pub fn parse_head(bytes: &[u8], max_header_size: usize) -> Head {
 
 impl Request {
     fn from_parsed(parsed: &httparse::Request) -> Request {
-        let full_path = parsed.path.unwrap_or("");
-        let path = full_path.split('?').next().unwrap_or("");
+        let target = parsed.path.unwrap_or("");
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_string())),
+            None => (target, None),
+        };
         let mut request = Request {
             acme_challenge: path
                 .starts_with(ACME_CHALLENGE_PREFIX)
-                .then(|| full_path.to_string()),
+                .then(|| target.to_string()),
             route: Some(match path {
                 "/v1/server" => Route::Server,
                 "/v1/client" => Route::Client,
                 "/healthz" => Route::Healthz,
                 "/metrics" => Route::Metrics,
+                "/clock" => Route::Clock,
+                "/clock/advance" => Route::ClockAdvance,
                 _ => Route::NotFound,
             }),
             method_is_get: parsed.method == Some("GET"),
+            method_is_post: parsed.method == Some("POST"),
+            query,
             ..Request::default()
         };
         for header in parsed.headers.iter() {
@@ -172,7 +188,9 @@ pub fn check_upgrade(route: Route, request: &Request) -> Result<Upgrade, Refusal
     let gate_passed = match route {
         Route::Server => request.pyrycode_version.is_some(),
         Route::Client => request.token_present,
-        Route::Healthz | Route::Metrics | Route::NotFound => false,
+        Route::Healthz | Route::Metrics | Route::Clock | Route::ClockAdvance | Route::NotFound => {
+            false
+        }
     } && request.user_agent_present
         && is_valid_server_id(server_id);
     if !gate_passed {
@@ -218,6 +236,7 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, extra_headers: &str, body:
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         421 => "Misdirected Request",
         426 => "Upgrade Required",
@@ -350,6 +369,18 @@ mod tests {
         let mut out = Vec::new();
         write_response(&mut out, 421, "", "");
         assert!(out.starts_with(b"HTTP/1.1 421 Misdirected Request\r\n"));
+    }
+
+    #[test]
+    fn the_clock_routes_keep_their_method_and_query() {
+        let advance = request("POST /clock/advance?by=30s HTTP/1.1\r\nHost: r\r\n\r\n");
+        assert_eq!(advance.route, Some(Route::ClockAdvance));
+        assert!(advance.method_is_post && !advance.method_is_get);
+        assert_eq!(advance.query.as_deref(), Some("by=30s"));
+        let clock = request("GET /clock HTTP/1.1\r\nHost: r\r\n\r\n");
+        assert_eq!(clock.route, Some(Route::Clock));
+        assert_eq!(clock.query, None);
+        assert_eq!(request(SERVER_HEAD).query.as_deref(), Some("x=1"));
     }
 
     #[test]

@@ -251,8 +251,6 @@ fn readable_tls_files() -> (String, String) {
         .clone()
 }
 
-const NOT_BUILT: &str = "not built into this version yet";
-
 // ------------------------------------------------------------ environment
 
 #[test]
@@ -359,13 +357,12 @@ fn production_refuses_root() {
 
 #[test]
 fn production_refuses_capabilities_other_than_net_bind_service_and_names_them() {
-    let line = refused(
+    refused(
         As::Nobody("+net_admin,+sys_ptrace,+net_bind_service"),
         &[PRODUCTION],
         &TLS_FILES,
         "capabilities other than CAP_NET_BIND_SERVICE: CAP_NET_ADMIN, CAP_SYS_PTRACE (",
     );
-    assert!(!line.contains(NOT_BUILT), "{line}");
 }
 
 #[test]
@@ -525,15 +522,6 @@ fn tls_and_acme_flags_without_their_mode_are_refused() {
     ] {
         refused_flags(args, needle);
     }
-}
-
-#[test]
-fn the_manual_clock_stops_at_not_built_yet() {
-    let line = refused_flags(
-        &["--insecure-listen", "127.0.0.1:0", "--manual-clock"],
-        NOT_BUILT,
-    );
-    assert!(line.contains("--manual-clock"), "{line}");
 }
 
 #[test]

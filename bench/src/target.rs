@@ -266,6 +266,11 @@ impl Running {
         ))
     }
 
+    /// Where the proxy's log goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last lines the proxy logged.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

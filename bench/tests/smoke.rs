@@ -8,6 +8,18 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// One benchmark at a time: each pins the relay to CPU 0 and the generator
+/// to CPU 1, and the relay runs with a 400 ms pong timeout; two runs at
+/// once on a 2-core machine would starve each other into heartbeat
+/// timeouts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The relay executable of the profile this test was built with
 /// (`target/<profile>/pyrycode-relay`). `cargo test --workspace` builds it
 /// before any test runs (the relay's own integration tests need it); when
@@ -48,6 +60,7 @@ fn relay_binary() -> PathBuf {
 
 #[test]
 fn every_scenario_runs_briefly_against_the_relay() {
+    let _one = exclusive();
     let relay = relay_binary();
     let dir = std::env::temp_dir().join(format!("relay-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -73,6 +86,8 @@ fn every_scenario_runs_briefly_against_the_relay() {
             "400",
             "--churn-concurrency",
             "4",
+            "--churn-rest",
+            "300ms",
         ])
         .args(["--duration", "600ms", "--open-duration", "500ms"])
         .args(["--warmup", "200ms", "--hold", "200ms", "--sources", "3"])
@@ -129,6 +144,12 @@ fn every_scenario_runs_briefly_against_the_relay() {
     let churn = find("churn", "4 at a time");
     assert!(churn["upgrades"].as_u64().unwrap() > 0, "{churn:#}");
     assert!(churn["upgrade_latency"]["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(
+        churn["rest"]["rss_bytes"].as_u64().unwrap() > 0,
+        "{churn:#}"
+    );
+    assert!(!churn["rest"]["samples"].as_array().unwrap().is_empty());
+    assert!(stdout.contains("## churn memory"), "{stdout}");
 
     let fanout = find("fanout", "1 in flight");
     assert!(fanout["completed"].as_u64().unwrap() > 10, "{fanout:#}");
@@ -140,6 +161,7 @@ fn every_scenario_runs_briefly_against_the_relay() {
 
 #[test]
 fn fd_exhaustion_runs_briefly_against_the_relay() {
+    let _one = exclusive();
     let relay = relay_binary();
     let dir = std::env::temp_dir().join(format!("relay-bench-smoke-fd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -173,5 +195,78 @@ fn fd_exhaustion_runs_briefly_against_the_relay() {
     assert!(m["proxy_cpu_percent"].as_f64().unwrap() >= 0.0, "{m:#}");
     assert!(m["context_switches_per_s"].as_f64().is_some(), "{m:#}");
     assert!(m["resume_ms"].as_f64().unwrap() > 0.0, "{m:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tiny_soak_samples_the_relay_under_its_mixed_load() {
+    let _one = exclusive();
+    let relay = relay_binary();
+    let dir = std::env::temp_dir().join(format!("relay-bench-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("soak.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .arg("soak")
+        .arg("--relay")
+        .arg(&relay)
+        .args([
+            "--quiet",
+            "--sources",
+            "3",
+            "--duration",
+            "1s",
+            "--interval",
+            "250ms",
+        ])
+        .args([
+            "--idle-phones",
+            "6",
+            "--echo-phones",
+            "3",
+            "--phones-per-binary",
+            "3",
+        ])
+        .args([
+            "--rate",
+            "200",
+            "--churn-concurrency",
+            "2",
+            "--churn-rate",
+            "40",
+        ])
+        .args(["--rest", "300ms"])
+        .args([
+            "--relay-arg=--ping-interval=100ms",
+            "--relay-arg=--pong-timeout=400ms",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run relay-bench soak");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "relay-bench soak failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("## soak"), "{stdout}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let soak = &doc["soak"];
+    assert_eq!(soak["errors"], 0, "{soak:#}");
+    assert_eq!(soak["params"]["binaries"], 3);
+    let samples = soak["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{soak:#}");
+    let total = |key: &str| {
+        samples
+            .iter()
+            .map(|s| s[key].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(total("echoes") > 0, "{soak:#}");
+    assert!(total("churn_cycles") > 0, "{soak:#}");
+    assert!(samples.iter().all(|s| s["rss_bytes"].as_u64().unwrap() > 0));
+    // A second of samples is too short for a verdict on the trend.
+    assert_eq!(soak["trend"]["verdict"], "too short to judge");
+    assert!(soak["rest"]["rss_bytes"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

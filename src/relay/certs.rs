@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use super::conns::Handle;
 use super::Relay;
@@ -29,19 +29,10 @@ pub(super) struct Certificates {
     acme: Option<Acme>,
 }
 
-impl Certificates {
-    /// Whether SIGHUP has files to read again.
-    pub fn reloadable(&self) -> bool {
-        !self.resolver.is_acme()
-    }
-}
-
 impl Relay {
     /// The TLS listeners' certificates come from `resolver` (the one their
     /// `ServerConfig` was built with); with `acme`, new certificates come
     /// from its thread, which wakes the loop through [`Relay::waker`].
-    /// Call before [`Relay::handle_signals`], which then takes SIGHUP for
-    /// reloading certificate files.
     pub fn serve_certificates(&mut self, resolver: Arc<CertResolver>, acme: Option<Acme>) {
         self.certs = Some(Certificates { resolver, acme });
         // A certificate sent before the loop ran would otherwise wait for
@@ -53,6 +44,7 @@ impl Relay {
     /// certificate is served. A file that cannot be used keeps the old one.
     pub fn reload_certificates(&mut self) -> bool {
         let Some(certs) = self.certs.as_ref() else {
+            debug!("sighup_ignored reason=no_certificate_files");
             return false;
         };
         match certs.resolver.reload() {
@@ -60,7 +52,10 @@ impl Relay {
                 info!("tls_certificate_reloaded");
                 true
             }
-            Ok(false) => false, // ACME: nothing to read
+            Ok(false) => {
+                debug!("sighup_ignored reason=acme");
+                false
+            }
             Err(error) => {
                 warn!("tls_certificate_reload_failed reason=\"{error}\" note=\"the old certificate stays\"");
                 false

@@ -5,14 +5,16 @@
 //!
 //! ```text
 //! Relay::turn
-//!  1. poll(timeout = next deadline | 0 with the manual clock)
+//!  1. poll(timeout = next deadline | a network event with the manual clock)
 //!  2. for each event:  listener → accept until WouldBlock (or back off)
-//!                      signal   → shutdown (SIGTERM, SIGINT), reload (SIGHUP)
+//!                      signal   → shutdown (SIGTERM, SIGINT), reload (SIGHUP),
+//!                                 upgrade (SIGUSR2)
 //!                      waker    → push outcomes, ACME certificates
 //!                      socket   → flush if writable; read if readable
 //!  3. read every connection on the resume list
 //!  4. fire the due timers
 //!  5. flush every connection that got output this turn, once
+//!  6. (manual clock) parked POST /clock/advance requests: catch up, advance, answer
 //! ```
 
 use std::io::ErrorKind;
@@ -51,10 +53,23 @@ pub(super) struct Readiness {
 
 impl Relay {
     /// One turn of the loop. `timeout` overrides how long `poll` may wait;
-    /// `None` waits until the next deadline (real clock) or not at all
-    /// (manual clock). Returns whether anything happened.
+    /// `None` waits until the next deadline (real clock) or, under a
+    /// manual clock, until a socket or signal is ready (no deadline comes
+    /// due by itself). Returns whether anything happened.
     pub fn turn(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         let timeout = timeout.or_else(|| self.poll_timeout());
+        let mut busy = self.poll_and_dispatch(timeout)?;
+        busy |= self.read_resumed();
+        busy |= self.fire_timers();
+        self.flush_dirty();
+        busy |= self.run_parked_advances()?;
+        self.hand_over_if_ready();
+        Ok(busy)
+    }
+
+    /// Steps 1 and 2: waits up to `timeout` for readiness and handles
+    /// every event. Returns whether there was any.
+    pub(super) fn poll_and_dispatch(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         if let Err(err) = self.poll.poll(&mut self.events, timeout) {
             if err.kind() == ErrorKind::Interrupted {
                 return Ok(true);
@@ -72,25 +87,38 @@ impl Relay {
                 closed,
             }
         }));
-        let mut busy = !ready.is_empty() || self.conns.has_resume();
         for &readiness in &ready {
             self.dispatch(readiness);
         }
+        let any = !ready.is_empty();
         self.ready = ready;
-        for handle in self.conns.take_resume() {
-            self.pump(handle);
-        }
-        busy |= self.fire_timers();
-        self.flush_dirty();
-        Ok(busy)
+        Ok(any)
     }
 
+    /// Step 3: reads every connection on the resume list. Returns whether
+    /// there was any.
+    pub(super) fn read_resumed(&mut self) -> bool {
+        let resumed = self.conns.take_resume();
+        for &handle in &resumed {
+            self.pump(handle);
+        }
+        !resumed.is_empty()
+    }
+
+    /// How long `poll` may sleep: until the next deadline on a real clock.
+    /// Under a manual clock no deadline comes due by itself, so the loop
+    /// sleeps until a socket or a signal wakes it — unless work is waiting
+    /// (connections to read again, or a timer already due).
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.conns.has_resume() || !self.clock.is_real() {
+        if self.conns.has_resume() {
             return Some(Duration::ZERO);
         }
-        let next = self.timers.next_deadline()?;
-        let wait = next.saturating_duration_since(self.clock.now());
+        let next = self.timers.next_deadline();
+        let now = self.clock.now();
+        if !self.clock.is_real() {
+            return next.filter(|&at| at <= now).map(|_| Duration::ZERO);
+        }
+        let wait = next?.saturating_duration_since(now);
         Some(wait + Duration::from_millis(1))
     }
 
@@ -124,22 +152,22 @@ impl Relay {
         }
     }
 
+    /// SIGUSR2 starts an upgrade (`handover.rs`); SIGHUP reloads the
+    /// certificate files (`certs.rs`); SIGTERM and SIGINT a graceful
+    /// shutdown.
     fn on_signal(&mut self) {
         let Some(signals) = self.signals.as_mut() else {
             return;
         };
-        let (mut reload, mut stop) = (false, false);
-        for signal in signals.pending() {
+        let pending: Vec<i32> = signals.pending().collect();
+        for signal in pending {
             match signal {
-                signal_hook::consts::SIGHUP => reload = true,
-                _ => stop = true,
+                signal_hook::consts::SIGUSR2 => self.on_upgrade_signal(),
+                signal_hook::consts::SIGHUP => {
+                    self.reload_certificates();
+                }
+                _ => self.shutdown(),
             }
-        }
-        if reload {
-            self.reload_certificates();
-        }
-        if stop {
-            self.shutdown();
         }
     }
 
@@ -254,5 +282,44 @@ impl Relay {
         self.drain_until = Some(until);
         self.timers.schedule(until, TimerKey::Drain);
         self.close_all_for_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Config, ManualClock, Relay, SystemClock};
+
+    fn config() -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    /// `--manual-clock` must not spin a core: with nothing to do and no
+    /// timer due, `poll` waits for a socket or a signal, however long.
+    #[test]
+    fn a_manual_clock_loop_sleeps_until_a_socket_is_ready() {
+        let clock = ManualClock::new();
+        let relay = Relay::new(config(), Box::new(clock.clone())).unwrap();
+        assert_eq!(relay.poll_timeout(), None);
+        // A timer due now (the clock moved without the relay firing it).
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(relay.poll_timeout(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_real_clock_loop_sleeps_until_the_next_deadline() {
+        let relay = Relay::new(config(), Box::new(SystemClock)).unwrap();
+        // The first timer is the memory trim, TRIM_INTERVAL (4 s) away.
+        let timeout = relay.poll_timeout().expect("the trim timer stands");
+        let trim = super::super::deadlines::TRIM_INTERVAL;
+        assert!(
+            timeout > trim - Duration::from_millis(500)
+                && timeout <= trim + Duration::from_millis(20),
+            "{timeout:?}"
+        );
     }
 }

@@ -46,7 +46,7 @@ use std::time::Instant;
 use log::{debug, info};
 
 use super::conns::Handle;
-use super::listeners::Origin;
+pub use super::listeners::Origin;
 use super::Relay;
 use crate::buffer::{BufferPool, OutQueue};
 use crate::proxy_protocol;
@@ -243,6 +243,25 @@ impl Conn {
             self.enter(Phase::Draining { fin_sent: true });
             self.transport.shutdown_write(pool);
         }
+    }
+}
+
+/// The order in which shutdown closes open peers.
+#[derive(Clone, Copy)]
+enum ShutdownPass {
+    Phones,
+    Challengers,
+    Binaries,
+}
+
+impl ShutdownPass {
+    fn takes(self, peer: &Peer) -> bool {
+        matches!(
+            (self, peer),
+            (ShutdownPass::Phones, Peer::Phone { .. })
+                | (ShutdownPass::Challengers, Peer::Challenger(_))
+                | (ShutdownPass::Binaries, Peer::Binary(_))
+        )
     }
 }
 
@@ -490,12 +509,29 @@ impl Relay {
 
     /// Shutdown begins (SPEC §9): requests still in their head are
     /// dropped, open WebSockets are closed 1001 after what is queued.
+    ///
+    /// Phones go first, then challengers, then binaries: a binary's part
+    /// ending while a phone or a challenger of its server-id is still open
+    /// would act on them (a challenger waiting on the conflict probe would
+    /// be handed the server-id, and the phones closed 4404 "binary
+    /// reclaimed server-id" instead of 1001).
     pub(super) fn close_all_for_shutdown(&mut self) {
-        for handle in self.conns.handles() {
-            match self.conns.get(handle).map(Conn::phase) {
-                Some(Phase::Head(_)) => self.drop_conn(handle, Ending::Shutdown),
-                Some(Phase::Open(_)) => self.close(handle, Close::Shutdown),
-                _ => {}
+        let handles = self.conns.handles();
+        for handle in &handles {
+            if let Some(Phase::Head(_)) = self.conns.get(*handle).map(Conn::phase) {
+                self.drop_conn(*handle, Ending::Shutdown);
+            }
+        }
+        for pass in [
+            ShutdownPass::Phones,
+            ShutdownPass::Challengers,
+            ShutdownPass::Binaries,
+        ] {
+            for &handle in &handles {
+                let peer = self.conns.get(handle).and_then(Conn::peer);
+                if peer.is_some_and(|peer| pass.takes(peer)) {
+                    self.close(handle, Close::Shutdown);
+                }
             }
         }
     }
@@ -599,6 +635,41 @@ fn log_refusal(remote: SocketAddr, refusal: &Refusal) {
             info!("tls_failed remote={remote} error=\"handshake message too large\"")
         }
         Refusal::AcmeValidationDone => info!("acme_tls_alpn01_validated remote={remote}"),
+    }
+}
+
+/// A connection handed over by an upgrade (`restore.rs`) comes back in
+/// the phase it was in: the one way to make a `Conn` in any phase other
+/// than `Head`, and not a transition.
+pub struct Restored {
+    pub transport: Transport,
+    pub origin: Origin,
+    pub remote: SocketAddr,
+    pub client_ip: IpAddr,
+    pub phase: Phase,
+    pub reader: Reader,
+    pub out: Option<OutQueue>,
+    pub deadlines: Deadlines,
+    pub counted: bool,
+}
+
+impl Conn {
+    pub fn restored(id: u64, parts: Restored) -> Conn {
+        Conn {
+            id,
+            transport: parts.transport,
+            origin: parts.origin,
+            remote: parts.remote,
+            client_ip: parts.client_ip,
+            phase: parts.phase,
+            reader: parts.reader,
+            out: parts.out,
+            deadlines: parts.deadlines,
+            armed: None,
+            wants_write: false,
+            dirty: false,
+            counted: parts.counted,
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 
 use mio::net::TcpListener;
 use mio::{Interest, Registry, Token};
@@ -69,21 +70,57 @@ pub(super) struct Listeners {
 impl Listeners {
     /// Binds `listen` and registers it with the next free token.
     pub fn open(&mut self, registry: &Registry, listen: Listen) -> io::Result<SocketAddr> {
+        let socket = TcpListener::bind(listen.addr)?;
+        deepen_backlog(&socket);
+        self.adopt(registry, socket, listen.origin, listen.recipe)
+    }
+
+    /// Registers a listening socket bound elsewhere (handed over by the
+    /// image that upgraded to this one) with the next free token.
+    pub fn adopt(
+        &mut self,
+        registry: &Registry,
+        mut socket: TcpListener,
+        origin: Origin,
+        recipe: Recipe,
+    ) -> io::Result<SocketAddr> {
         if self.table.len() >= MAX_LISTENERS {
             return Err(io::Error::other("too many listeners"));
         }
-        let mut socket = TcpListener::bind(listen.addr)?;
-        deepen_backlog(&socket);
         let token = token_of(self.table.len());
         registry.register(&mut socket, token, Interest::READABLE)?;
         let addr = socket.local_addr()?;
         self.table.push(Some(Listener {
             socket,
-            origin: listen.origin,
-            recipe: listen.recipe,
+            origin,
+            recipe,
             addr,
         }));
         Ok(addr)
+    }
+
+    /// The descriptor of the first listener serving `origin`.
+    pub fn fd_of(&self, origin: Origin) -> Option<RawFd> {
+        self.table
+            .iter()
+            .flatten()
+            .find(|l| l.origin == origin)
+            .map(|l| l.socket.as_raw_fd())
+    }
+
+    /// Listeners open.
+    pub fn count(&self) -> usize {
+        self.table.iter().flatten().count()
+    }
+
+    /// Lets go of every listening socket without closing it (a relay
+    /// restored in the same process owns them now).
+    pub fn forget_all(&mut self) {
+        for listener in self.table.iter_mut() {
+            if let Some(listener) = listener.take() {
+                let _ = listener.socket.into_raw_fd();
+            }
+        }
     }
 
     /// The index of the listener `token` names, if it is a listener's.
@@ -130,7 +167,6 @@ fn token_of(index: usize) -> Token {
 /// again on a listening socket only changes its backlog (the kernel caps
 /// it at `net.core.somaxconn`).
 fn deepen_backlog(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
     // SAFETY: listen(2) on a descriptor we own; failure leaves the old backlog.
     unsafe { libc::listen(listener.as_raw_fd(), 4096) };
 }

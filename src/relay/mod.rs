@@ -19,26 +19,38 @@
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
 //! | `wakes.rs` | push wakes: admitting a binary's `push_wake`, counting outcomes |
 //! | `certs.rs` | TLS certificates: SIGHUP reloads, ACME renewals, HTTP-01 answers |
+//! | `handover.rs` | SIGUSR2: check the new executable, re-execute in place |
+//! | `snapshot.rs`, `restore.rs` | the loop's state to a `handover::Snapshot` and back |
+//! | `trim.rs` | giving back capacity that past load left idle |
+//! | `control.rs` | relay time under a manual clock: `advance`, the `/clock` endpoints |
+//! | `inspect.rs` | for tests: the census, the consistency audit, a connection by address |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
 mod certs;
 mod conns;
+mod control;
 mod deadlines;
 mod event_loop;
+mod handover;
+mod inspect;
 mod lifecycle;
 mod listeners;
 mod read;
+mod restore;
 mod routing;
 mod slot;
+mod snapshot;
+mod trim;
 mod upgrade;
 mod wakes;
 mod write;
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Waker};
 
@@ -51,8 +63,10 @@ use crate::registry::Registry;
 use crate::timer::TimerWheel;
 use certs::Certificates;
 use conns::{Conns, Handle};
-use deadlines::{TimerKey, SWEEP_INTERVAL};
+pub use control::{AdvanceError, MAX_ADVANCE};
+use deadlines::{TimerKey, SWEEP_INTERVAL, TRIM_INTERVAL};
 use event_loop::{Readiness, SIGNALS, WAKER};
+pub use inspect::Census;
 use listeners::Listeners;
 pub use listeners::{Listen, Origin, MAX_LISTENERS};
 
@@ -132,6 +146,10 @@ pub struct Relay {
     accept_paused: bool,
     /// Back-offs in a row (for logging the first and the recovery only).
     accept_pauses: u32,
+    /// SIGUSR2: what to execute, and how far an upgrade has come.
+    upgrade: handover::Upgrades,
+    /// `POST /clock/advance` requests waiting for the end of the turn.
+    parked_advances: VecDeque<(Handle, Duration)>,
 }
 
 impl Relay {
@@ -146,11 +164,17 @@ impl Relay {
 
     /// An idle loop with no listener yet (add them with [`Relay::listen`]).
     pub fn unbound(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
-        let poll = Poll::new()?;
+        Relay::with_poll(config, clock, Poll::new()?)
+    }
+
+    /// An idle loop on `poll`, with no listener yet (new, or being
+    /// restored from a snapshot).
+    fn with_poll(config: Config, clock: Box<dyn Clock>, poll: Poll) -> std::io::Result<Relay> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = clock.now();
         let mut timers = TimerWheel::new(now);
         timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
+        timers.schedule(now + TRIM_INTERVAL, TimerKey::Trim);
         Ok(Relay {
             limits: IpLimits::new(config.rate_limit_burst, config.rate_limit_interval),
             config,
@@ -175,6 +199,8 @@ impl Relay {
             drain_until: None,
             accept_paused: false,
             accept_pauses: 0,
+            upgrade: handover::Upgrades::default(),
+            parked_advances: VecDeque::new(),
         })
     }
 
@@ -204,15 +230,11 @@ impl Relay {
         self.waker.clone()
     }
 
-    /// Turns SIGTERM and SIGINT into a graceful shutdown, and SIGHUP into
-    /// a reload of the certificate files when there are any (otherwise
-    /// SIGHUP keeps the disposition it had: `main` ignores it).
+    /// Turns SIGTERM and SIGINT into a graceful shutdown, SIGUSR2 into an
+    /// upgrade (once [`Relay::enable_upgrades`] said how), and SIGHUP into
+    /// a reload of the certificate files (nothing to reload: ignored).
     pub fn handle_signals(&mut self) -> std::io::Result<()> {
-        let mut wanted = vec![signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT];
-        if self.certs.as_ref().is_some_and(Certificates::reloadable) {
-            wanted.push(signal_hook::consts::SIGHUP);
-        }
-        let mut signals = signal_hook_mio::v1_0::Signals::new(wanted)?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new(crate::handover::exec::SIGNALS)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;

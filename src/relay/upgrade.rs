@@ -33,6 +33,8 @@ impl Relay {
         }
         match (origin, route) {
             (Origin::Metrics, Route::Metrics) => self.answer_metrics(handle),
+            (Origin::Metrics, Route::Clock | Route::ClockAdvance)
+                if self.answer_clock(handle, &request) => {}
             (Origin::AcmeHttp01, _) => self.answer_http01(handle, &request),
             (Origin::WebSocket, Route::Healthz) => self.answer_healthz(handle),
             (Origin::WebSocket, Route::Server | Route::Client) => {

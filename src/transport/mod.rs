@@ -32,6 +32,7 @@ mod tls;
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 
 use mio::event::Source;
@@ -296,6 +297,19 @@ impl Transport {
     /// The remote socket address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()
+    }
+
+    /// Lets go of the socket without closing it (its descriptor now
+    /// belongs to someone else: a relay restored from a snapshot). A
+    /// TLS session's state is dropped with it.
+    pub fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
+    }
+}
+
+impl AsRawFd for Transport {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
     }
 }
 
