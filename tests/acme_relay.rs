@@ -9,7 +9,7 @@
 //!   only Pebble's root connect with the domain as SNI, behind the test's
 //!   own PROXY v2 header, and exchange frames. Then the relay and Pebble
 //!   stop, and a restart serves the cached certificate at once, asking no
-//!   CA;
+//!   CA. Before that, an upgrade in place (SIGUSR2) keeps serving it;
 //! - TLS-ALPN-01 answered by the relay's loop: Pebble validates on the
 //!   relay's TLS listener (ALPN `acme-tls/1`), and the certificate reaches
 //!   the loop through the channel and the shared waker.
@@ -135,6 +135,16 @@ fn the_go_command_line_obtains_a_certificate_serves_wss_and_restarts_from_the_ca
     let config = trusting(&root);
     let chain = exchange_through(addr, &config);
     assert_eq!(chain.len(), 2, "leaf and intermediate");
+
+    // An upgrade in place (SIGUSR2): the new image takes the TLS listener
+    // over, binds the HTTP-01 listener anew and serves the cached chain.
+    relay.drain_log();
+    let before = relay.log.len();
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for_after(before, "handover_restored", WAIT);
+    let http01 = format!("listening addr=127.0.0.1:{http_port} serves=acme_http01");
+    relay.wait_for_after(before, &http01, WAIT);
+    assert_eq!(exchange_through(addr, &config), chain);
     relay.signal(libc::SIGTERM);
     assert_eq!(
         relay.wait_exit(WAIT).code(),

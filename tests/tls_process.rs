@@ -369,3 +369,103 @@ fn haproxy_send_proxy_v2_in_front_of_the_plain_listener() {
     relay.signal(libc::SIGTERM);
     assert_eq!(relay.wait_exit(WAIT).code(), Some(0));
 }
+
+/// A PROXY v2 header for a client at 203.0.113.7:`port`.
+fn proxy_header(port: u16, to: SocketAddr) -> Vec<u8> {
+    pyrycode_relay::proxy_protocol::encode(SocketAddr::from(([203, 0, 113, 7], port)), to, &[])
+}
+
+#[test]
+fn an_upgrade_closes_tls_connections_1001_and_serves_tls_on_the_same_listener_after() {
+    let dir = temp_dir("upgrade-tls");
+    let ca = TestCa::new("relay test root");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let issued = ca.issue(&["relay.test"]);
+    issued.write(&cert, &key);
+    let mut relay = RelayProcess::start(
+        &[
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+            "--https-listen",
+            "127.0.0.1:0",
+            "--https-proxy-protocol",
+            "--metrics-listen",
+            "",
+        ],
+        1,
+        WAIT,
+    );
+    let addr = relay.listening[0];
+    let config = client_config(ca.roots(), &[b"http/1.1"], &[&TLS13]);
+    let (mut binary, _first_phone) =
+        pair_exchanges(addr, &config, || proxy_header(40001, addr), "srv-up");
+    relay.signal(libc::SIGUSR2);
+    // rustls state cannot move: the TLS connections are closed first.
+    assert_eq!(
+        binary.recv_data(),
+        Msg::Close(Some(1001), "shutting down".into())
+    );
+    relay.wait_for("handover_restored", WAIT);
+    // The new image took the listener over with its own TLS and PROXY layers.
+    let (next, phone) = pair_exchanges(addr, &config, || proxy_header(40002, addr), "srv-up2");
+    assert_eq!(next.leaf(), issued.leaf);
+    drop((binary, next, phone));
+    relay.signal(libc::SIGTERM);
+    assert_eq!(
+        relay.wait_exit(WAIT).code(),
+        Some(0),
+        "{}",
+        relay.log_text()
+    );
+}
+
+#[test]
+fn an_upgrade_moves_a_plain_connection_that_came_behind_a_proxy_header_with_its_source() {
+    use std::io::{Read, Write};
+    let mut relay = RelayProcess::start(
+        &[
+            "--insecure-listen",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "--metrics-listen",
+            "",
+        ],
+        1,
+        WAIT,
+    );
+    let addr = relay.listening[0];
+    let mut binary = std::net::TcpStream::connect(addr).unwrap();
+    binary.set_read_timeout(Some(WAIT)).unwrap();
+    let mut bytes = proxy_header(40003, addr);
+    bytes.extend_from_slice(
+        common::upgrade_head("/v1/server", &binary_headers("srv-moved")).as_bytes(),
+    );
+    binary.write_all(&bytes).unwrap();
+    let mut response = [0u8; 129];
+    let n = binary.read(&mut response).unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 101"));
+    relay.signal(libc::SIGUSR2);
+    relay.wait_for("handover_restored connections=1", WAIT);
+    // Still the same WebSocket, in the new image: a ping is answered.
+    binary
+        .write_all(&common::masked_frame(0x9, true, b"still"))
+        .unwrap();
+    let mut pong = [0u8; 7];
+    binary.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, [0x8A, 5, b's', b't', b'i', b'l', b'l']);
+    drop(binary);
+    // Its address is still the header's.
+    relay.wait_for(
+        "binary_disconnected server_id=srv-moved remote=203.0.113.7:40003",
+        WAIT,
+    );
+    relay.signal(libc::SIGTERM);
+    assert_eq!(
+        relay.wait_exit(WAIT).code(),
+        Some(0),
+        "{}",
+        relay.log_text()
+    );
+}

@@ -73,7 +73,13 @@ impl RelayProcess {
     /// Waits for a log line containing `needle` (lines before it are kept
     /// in `log`); returns it.
     pub fn wait_for(&mut self, needle: &str, wait: Duration) -> String {
-        if let Some(line) = self.log.iter().find(|line| line.contains(needle)) {
+        self.wait_for_after(0, needle, wait)
+    }
+
+    /// Like [`RelayProcess::wait_for`], among the lines from `log[from]` on.
+    pub fn wait_for_after(&mut self, from: usize, needle: &str, wait: Duration) -> String {
+        let earlier = self.log.get(from..).unwrap_or_default();
+        if let Some(line) = earlier.iter().find(|line| line.contains(needle)) {
             return line.clone();
         }
         let deadline = Instant::now() + wait;
