@@ -99,26 +99,38 @@ impl HeaderStage {
             Parse::Refused(why) => Step::Input(Input::Refused(Refusal::ProxyHeader(why))),
             Parse::Complete { len, source } => {
                 self.source = Some(source);
-                let rest = len..filled;
-                match self.then_tls.take() {
-                    Some(config) => match TlsLayer::new(config, Some(source)) {
-                        Ok(mut tls) => {
-                            tls.carry(&region[rest], pool);
-                            Step::StartTls(tls)
-                        }
-                        Err(err) => Step::Input(Input::Failed(err)),
-                    },
-                    None => {
-                        let more = n == offered;
-                        let len = rest.len();
-                        let half = buf.len() / 2;
-                        buf.copy_within(half + rest.start..half + rest.end, 0);
-                        Step::Input(match len {
-                            0 => Input::Again,
-                            _ => Input::Data { len, more },
-                        })
-                    }
+                self.hand_on(buf, len..filled, n == offered, pool)
+            }
+        }
+    }
+
+    /// The header is in: the bytes after it (`rest` of the back half of
+    /// `buf`) go to the new TLS layer, or to the front of `buf` as
+    /// plaintext.
+    fn hand_on(
+        &mut self,
+        buf: &mut [u8],
+        rest: std::ops::Range<usize>,
+        more: bool,
+        pool: &mut BufferPool,
+    ) -> Step {
+        let half = buf.len() / 2;
+        let rest = half + rest.start..half + rest.end;
+        match self.then_tls.take() {
+            Some(config) => match TlsLayer::new(config, self.source) {
+                Ok(mut tls) => {
+                    tls.carry(&buf[rest], pool);
+                    Step::StartTls(tls)
                 }
+                Err(err) => Step::Input(Input::Failed(err)),
+            },
+            None => {
+                let len = rest.len();
+                buf.copy_within(rest, 0);
+                Step::Input(match len {
+                    0 => Input::Again,
+                    _ => Input::Data { len, more },
+                })
             }
         }
     }

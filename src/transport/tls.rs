@@ -87,6 +87,18 @@ enum Closing {
     FinSent,
 }
 
+/// What one socket read left to process.
+struct Received {
+    /// Kept input and new bytes, from the start of the region.
+    filled: usize,
+    /// New bytes.
+    read: usize,
+    /// Room the read was given.
+    offered: usize,
+    /// The socket reached EOF.
+    eof: bool,
+}
+
 /// What one pass over the received records ended with.
 enum End {
     /// Every complete record is consumed; more bytes are needed.
@@ -139,6 +151,35 @@ impl TlsLayer {
         if matches!(self.phase, Phase::PeerClosed | Phase::Failed) {
             return discard(stream, region);
         }
+        let got = match self.receive(stream, region, pool) {
+            Ok(got) => got,
+            Err(input) => return input,
+        };
+        let room = region.len();
+        let (consumed, len, end) = self.process(plain, &mut region[..got.filled], pool);
+        let rest = &mut region[consumed..got.filled];
+        if let Some(input) = self.conclude(end, len, rest, room, pool) {
+            return input;
+        }
+        match (len, got.eof) {
+            (0, true) => Input::Closed,
+            (0, false) => Input::Again,
+            (len, _) => Input::Data {
+                len,
+                more: got.read > 0 && got.read == got.offered,
+            },
+        }
+    }
+
+    /// Puts the kept input back at the start of `region` and reads the
+    /// socket after it. `Err` is what the read says when there is nothing
+    /// to process.
+    fn receive(
+        &mut self,
+        stream: &mut TcpStream,
+        region: &mut [u8],
+        pool: &mut BufferPool,
+    ) -> Result<Received, Input> {
         let fresh = std::mem::take(&mut self.fresh_input);
         let mut filled = 0;
         if let Some(kept) = self.input.take() {
@@ -147,59 +188,69 @@ impl TlsLayer {
             pool.put(kept);
         }
         let offered = region.len() - filled;
-        let (n, eof) = match read_some(stream, &mut region[filled..]) {
+        let (read, eof) = match read_some(stream, &mut region[filled..]) {
             Ok(Some(n)) => (n, false),
             Ok(None) => (0, true),
             Err(err) if err.kind() == ErrorKind::WouldBlock && fresh => (0, false),
             Err(err) => {
                 self.keep(&region[..filled], pool);
-                return match err.kind() {
+                return Err(match err.kind() {
                     ErrorKind::WouldBlock => Input::WouldBlock,
                     _ => Input::Failed(err),
-                };
+                });
             }
         };
         if eof && !fresh {
-            return Input::Closed; // a partial record is all that is left
+            return Err(Input::Closed); // a partial record is all that is left
         }
-        filled += n;
-        let (consumed, len, end) = self.process(plain, &mut region[..filled], pool);
+        Ok(Received {
+            filled: filled + read,
+            read,
+            offered,
+            eof,
+        })
+    }
+
+    /// After the records: a failure, the peer's `close_notify`, input that
+    /// can never complete, or a finished ACME validation end the read
+    /// here; otherwise the unconsumed `rest` is kept for the next one.
+    fn conclude(
+        &mut self,
+        end: End,
+        len: usize,
+        rest: &mut [u8],
+        room: usize,
+        pool: &mut BufferPool,
+    ) -> Option<Input> {
         match end {
             End::Failed(error) => {
-                self.fail(&mut region[consumed..filled], pool);
-                return Input::Refused(Refusal::Tls(error));
+                self.fail(rest, pool);
+                return Some(Input::Refused(Refusal::Tls(error)));
             }
             End::PeerClosed => {
                 self.phase = Phase::PeerClosed;
-                return match len {
+                return Some(match len {
                     0 => Input::Closed,
                     len => Input::Data { len, more: false },
-                };
+                });
             }
             End::NeedInput => {}
         }
-        if filled - consumed == region.len() {
-            self.fail(&mut region[consumed..filled], pool);
-            return Input::Refused(Refusal::TlsHandshakeTooLarge);
+        if rest.len() == room {
+            self.fail(rest, pool);
+            return Some(Input::Refused(Refusal::TlsHandshakeTooLarge));
         }
-        self.keep(&region[consumed..filled], pool);
+        self.keep(rest, pool);
         if self.phase == Phase::Handshaking && !self.conn.is_handshaking() {
             self.phase = Phase::Open;
             if crate::tls::is_acme_validation(self.conn.alpn_protocol()) {
                 if self.queue_close_notify(pool).is_ok() {
                     self.shutdown = Closing::CloseNotifyQueued;
                 }
-                return Input::Refused(Refusal::AcmeValidationDone);
+                return Some(Input::Refused(Refusal::AcmeValidationDone));
             }
         }
-        match (len, eof) {
-            (0, true) => Input::Closed,
-            (0, false) => Input::Again,
-            (len, _) => Input::Data {
-                len,
-                more: n > 0 && n == offered,
-            },
-        }
+        None
     }
 
     /// Runs the received bytes through rustls: plaintext of application
