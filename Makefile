@@ -21,7 +21,7 @@ test:
 # --proxy-protocol (SCALE_PROXY=on to require it, off to leave it out).
 # It uses the debug build `make test` already made (a few hundred peers
 # need no optimizer), so CI does not compile the workspace twice.
-SCALE_PROXY ?= auto
+SCALE_PROXY ?= on
 test-scale:
 	$(CARGO) build --workspace
 	target/debug/relay-bench scale-test --relay target/debug/pyrycode-relay --proxy $(SCALE_PROXY)

@@ -16,13 +16,15 @@
 //!         then TLVs (ignored)
 //! ```
 //!
-//! The relay accepts only what a load balancer in front of it sends for a
-//! real client: a `PROXY` command with a TCP over IPv4 or IPv6 source.
-//! Everything else is a [`Refusal`], and the caller closes the connection
-//! without writing a byte: a missing header (the client spoke TLS or HTTP
-//! straight away), a v1 text header, `LOCAL` (no client address: a health
-//! check is not a client), UDP or UNIX-socket addresses, a length too short
-//! for the addresses, or a header longer than [`MAX_HEADER_LEN`].
+//! The relay accepts what a load balancer in front of it sends: a `PROXY`
+//! command with a TCP over IPv4 or IPv6 source (a real client), or a
+//! `LOCAL` command (the balancer's own connection: a health check; the
+//! spec says to accept it and use the real endpoints; the loop lets such a
+//! connection ask for `/healthz` and nothing else). Everything else is a
+//! [`Refusal`], and the caller closes the connection without writing a
+//! byte: a missing header (the client spoke TLS or HTTP straight away), a
+//! v1 text header, UDP or UNIX-socket addresses, a length too short for the
+//! addresses, or a header longer than [`MAX_HEADER_LEN`].
 //!
 //! [`parse`] is stateless and cheap: it looks at the accumulated bytes of
 //! a connection's first reads (split anywhere) and says [`Parse::Partial`]
@@ -66,13 +68,15 @@ pub const HEADER_DEADLINE: Duration = Duration::from_secs(5);
 pub enum Parse {
     /// A valid header so far: read more.
     Partial,
-    /// A whole valid header of `len` bytes (addresses and TLVs included),
-    /// naming the client's address.
+    /// A whole valid header of `len` bytes (addresses and TLVs included).
     Complete {
         /// Bytes to strip before TLS or HTTP begins.
         len: usize,
-        /// The client's address and port, from the header.
-        source: SocketAddr,
+        /// The client's address and port, from a `PROXY` header; `None`
+        /// for a `LOCAL` header: the proxy opened the connection itself
+        /// (a health check), and the spec says to accept it with the real
+        /// endpoints and ignore the address block.
+        source: Option<SocketAddr>,
     },
     /// Not a header the relay accepts; close without writing.
     Refused(Refusal),
@@ -87,8 +91,6 @@ pub enum Refusal {
     Version1,
     /// The version nibble is not 2.
     BadVersion,
-    /// The `LOCAL` command: the header carries no client address.
-    Local,
     /// A command other than `LOCAL` or `PROXY`.
     BadCommand,
     /// An address family other than IPv4 or IPv6 (UNSPEC, UNIX).
@@ -108,7 +110,6 @@ impl Refusal {
             Refusal::Missing => "missing",
             Refusal::Version1 => "v1_text_header",
             Refusal::BadVersion => "bad_version",
-            Refusal::Local => "local_command",
             Refusal::BadCommand => "bad_command",
             Refusal::UnsupportedFamily => "unsupported_family",
             Refusal::UnsupportedTransport => "unsupported_transport",
@@ -146,12 +147,16 @@ pub fn parse(bytes: &[u8]) -> Parse {
     let Some(&version_command) = bytes.get(12) else {
         return Parse::Partial;
     };
-    if let Err(refusal) = check_version_command(version_command) {
-        return Parse::Refused(refusal);
-    }
+    let command = match check_version_command(version_command) {
+        Ok(command) => command,
+        Err(refusal) => return Parse::Refused(refusal),
+    };
     let Some(&family_transport) = bytes.get(13) else {
         return Parse::Partial;
     };
+    if command == Command::Local {
+        return parse_local(bytes);
+    }
     let family = match check_family_transport(family_transport) {
         Ok(family) => family,
         Err(refusal) => return Parse::Refused(refusal),
@@ -171,7 +176,33 @@ pub fn parse(bytes: &[u8]) -> Parse {
         return Parse::Partial;
     }
     let source = source_address(family, &bytes[FIXED_LEN..]);
-    Parse::Complete { len, source }
+    Parse::Complete {
+        len,
+        source: Some(source),
+    }
+}
+
+/// A `LOCAL` header: its family and address block are ignored (HAProxy's
+/// health checks send UNSPEC and none), only its length counts.
+fn parse_local(bytes: &[u8]) -> Parse {
+    let Some(length) = bytes.get(14..FIXED_LEN) else {
+        return Parse::Partial;
+    };
+    let len = FIXED_LEN + usize::from(u16::from_be_bytes([length[0], length[1]]));
+    if len > MAX_HEADER_LEN {
+        return Parse::Refused(Refusal::TooLong);
+    }
+    if bytes.len() < len {
+        return Parse::Partial;
+    }
+    Parse::Complete { len, source: None }
+}
+
+/// The two commands of a v2 header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Local,
+    Proxy,
 }
 
 /// `Ok` once all 12 signature bytes match; otherwise the step to return.
@@ -197,13 +228,13 @@ fn check_signature(bytes: &[u8]) -> Result<(), Parse> {
     Err(Parse::Refused(Refusal::Missing))
 }
 
-fn check_version_command(byte: u8) -> Result<(), Refusal> {
+fn check_version_command(byte: u8) -> Result<Command, Refusal> {
     if byte >> 4 != 2 {
         return Err(Refusal::BadVersion);
     }
     match byte & 0x0f {
-        0x0 => Err(Refusal::Local),
-        0x1 => Ok(()),
+        0x0 => Ok(Command::Local),
+        0x1 => Ok(Command::Proxy),
         _ => Err(Refusal::BadCommand),
     }
 }
@@ -287,7 +318,7 @@ mod tests {
         bytes.extend_from_slice(b"\x16\x03\x01");
         let expected = Parse::Complete {
             len: 28,
-            source: "203.0.113.7:51234".parse().unwrap(),
+            source: Some("203.0.113.7:51234".parse().unwrap()),
         };
         assert_eq!(parse(&bytes), expected);
     }
@@ -303,7 +334,7 @@ mod tests {
         assert_eq!(header.len(), 16 + 36 + tlv.len());
         let expected = Parse::Complete {
             len: header.len(),
-            source: "[2001:db8::1]:40000".parse().unwrap(),
+            source: Some("[2001:db8::1]:40000".parse().unwrap()),
         };
         assert_eq!(parse(&header), expected);
     }
@@ -332,10 +363,24 @@ mod tests {
     }
 
     #[test]
-    fn local_command_is_refused() {
+    fn a_local_header_is_complete_without_a_source() {
+        // HAProxy's health check: LOCAL, UNSPEC, no address block.
+        let check = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00GET /healthz";
+        assert_eq!(parse(&check[..15]), Parse::Partial);
+        assert_eq!(
+            parse(check),
+            Parse::Complete {
+                len: 16,
+                source: None
+            }
+        );
+        // LOCAL with an (ignored) address block of its own length.
         assert_eq!(
             parse(&with_byte(v4(), 12, 0x20)),
-            Parse::Refused(Refusal::Local)
+            Parse::Complete {
+                len: v4().len(),
+                source: None
+            }
         );
     }
 
@@ -395,7 +440,6 @@ mod tests {
             Refusal::Missing,
             Refusal::Version1,
             Refusal::BadVersion,
-            Refusal::Local,
             Refusal::BadCommand,
             Refusal::UnsupportedFamily,
             Refusal::UnsupportedTransport,

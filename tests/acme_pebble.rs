@@ -92,7 +92,11 @@ fn a_failed_http01_validation_backs_off_and_tls_alpn01_then_succeeds() {
     let work = temp_dir("pebble-fallback");
     let ca = TestCa::new("pebble https root");
     let validation = Validation::start(answer_404);
-    let pebble = Pebble::start(&work, &ca, validation.http_port, validation.tls_port);
+    // No badNonce here: an order that failed on nonces (instant-acme tries
+    // each request three times) before its HTTP-01 challenge was reached
+    // would move on to TLS-ALPN-01 without HTTP-01 ever being tried. The
+    // other tests exercise the retry.
+    let pebble = Pebble::start_rejecting(&work, &ca, validation.http_port, validation.tls_port, 0);
     let root = pebble.root(&ca);
 
     let mut order = Order::new(&work, "fallback.relay.test", ChallengeKind::Http01, &pebble);
@@ -282,6 +286,8 @@ fn wait_listening(port: u16, what: &str, child: &mut Child) {
 
 /// Pebble and its DNS server, killed on drop.
 struct Pebble {
+    /// Percent of nonces rejected as `badNonce`.
+    nonce_reject: u8,
     pebble: Child,
     dns: Child,
     work: PathBuf,
@@ -297,6 +303,17 @@ impl Pebble {
     /// Starts the DNS server, then Pebble validating on `http_port` and
     /// `tls_port` with HTTPS certificates from `ca`.
     fn start(work: &Path, ca: &TestCa, http_port: u16, tls_port: u16) -> Self {
+        Pebble::start_rejecting(work, ca, http_port, tls_port, NONCE_REJECT_PERCENT)
+    }
+
+    /// [`Pebble::start`], rejecting `nonce_reject` % of nonces.
+    fn start_rejecting(
+        work: &Path,
+        ca: &TestCa,
+        http_port: u16,
+        tls_port: u16,
+        nonce_reject: u8,
+    ) -> Self {
         let (dns, dns_port) = start_dns(work);
         let https = ca.issue(&["127.0.0.1", "localhost"]);
         let (cert, key) = (work.join("pebble.crt"), work.join("pebble.key"));
@@ -313,8 +330,10 @@ impl Pebble {
         }});
         let config_path = work.join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let pebble = spawn_pebble(work, &config_path, dns_port, [acme_port, management_port]);
+        let ports = [acme_port, management_port];
+        let pebble = spawn_pebble(work, &config_path, dns_port, ports, nonce_reject);
         Pebble {
+            nonce_reject,
             pebble,
             dns,
             work: work.to_owned(),
@@ -332,7 +351,13 @@ impl Pebble {
         let _ = self.pebble.kill();
         let _ = self.pebble.wait();
         let ports = [self.acme_port, self.management_port];
-        self.pebble = spawn_pebble(&self.work, &self.config_path, self.dns_port, ports);
+        self.pebble = spawn_pebble(
+            &self.work,
+            &self.config_path,
+            self.dns_port,
+            ports,
+            self.nonce_reject,
+        );
     }
 
     fn directory_url(&self) -> String {
@@ -381,11 +406,25 @@ fn start_dns(work: &Path) -> (Child, u16) {
     (dns, dns_port)
 }
 
-/// Pebble with real validation, fast, rejecting 20 % of nonces.
-fn spawn_pebble(work: &Path, config: &Path, dns_port: u16, ports: [u16; 2]) -> Child {
+/// Percent of nonces Pebble rejects as `badNonce` by default, so that
+/// instant-acme's retry (RFC 8555 §6.5) is exercised.
+const NONCE_REJECT_PERCENT: u8 = 20;
+
+/// Pebble with real validation, fast, rejecting `nonce_reject` % of nonces.
+fn spawn_pebble(
+    work: &Path,
+    config: &Path,
+    dns_port: u16,
+    ports: [u16; 2],
+    nonce_reject: u8,
+) -> Child {
     let dns = format!("127.0.0.1:{dns_port}");
     let args = ["-config", config.to_str().unwrap(), "-dnsserver", &dns];
-    let env = [("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "20")];
+    let reject = nonce_reject.to_string();
+    let env = [
+        ("PEBBLE_VA_NOSLEEP", "1"),
+        ("PEBBLE_WFE_NONCEREJECT", reject.as_str()),
+    ];
     let mut pebble = spawn(work, "pebble", &args, &env);
     wait_listening(ports[0], "pebble", &mut pebble);
     wait_listening(ports[1], "pebble management", &mut pebble);

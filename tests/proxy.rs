@@ -151,7 +151,14 @@ fn every_refused_header_closes_without_a_byte() {
             "v1 text",
             b"PROXY TCP4 203.0.113.7 10.0.0.1 40001 443\r\n".to_vec(),
         ),
-        ("LOCAL", with(12, 0x20)),
+        (
+            "LOCAL, then an upgrade (a LOCAL connection may only ask for /healthz)",
+            [
+                with(12, 0x20),
+                upgrade_head("/v1/server", &binary_headers("srv")).into_bytes(),
+            ]
+            .concat(),
+        ),
         ("bad version", with(12, 0x11)),
         ("bad command", with(12, 0x22)),
         ("UDP", with(13, 0x12)),
@@ -166,6 +173,27 @@ fn every_refused_header_closes_without_a_byte() {
         client.send_raw(&mut h, &bytes);
         assert_closed_silently(&mut h, &mut client, what);
     }
+    assert_eq!(h.stats().connections, 0);
+}
+
+/// A balancer's health check (HAProxy `check-send-proxy`): a LOCAL header
+/// with no address block, then `/healthz` without a `Host`. The PROXY v2
+/// spec says a receiver must accept LOCAL; the relay answers the health
+/// check and nothing else on such a connection.
+#[test]
+fn a_local_header_gets_healthz_and_nothing_else() {
+    let mut h = proxied(|config| config.host = Some("relay.test".into()));
+    // Captured from HAProxy 2.6: LOCAL, UNSPEC, length 0.
+    let mut check = SIGNATURE.to_vec();
+    check.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    check.extend_from_slice(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let mut client = h.connect();
+    client.send_raw(&mut h, &check);
+    let (status, head) = client.response_head(&mut h);
+    assert_eq!(status, 200, "{head}");
+    let body = String::from_utf8(client.body_until_eof(&mut h)).unwrap();
+    assert!(body.starts_with("{\"status\":\"ok\""), "{body}");
+    client.hang_up(&mut h);
     assert_eq!(h.stats().connections, 0);
 }
 

@@ -61,7 +61,7 @@ proptest! {
         let header = proxy_protocol::encode(source, destination, &tlv);
         let mut stream = header.clone();
         stream.extend_from_slice(&after);
-        let expected = Parse::Complete { len: header.len(), source };
+        let expected = Parse::Complete { len: header.len(), source: Some(source) };
         prop_assert_eq!(proxy_protocol::parse(&stream), expected);
         prop_assert_eq!(feed(&stream, &chunks), expected);
     }

@@ -49,7 +49,6 @@ use super::conns::Handle;
 pub use super::listeners::Origin;
 use super::Relay;
 use crate::buffer::{BufferPool, OutQueue};
-use crate::proxy_protocol;
 use crate::transport::{Refusal, Transport};
 use crate::ws::{self, close, FrameError, Reader};
 
@@ -145,6 +144,9 @@ pub struct Conn {
     pub dirty: bool,
     /// Whether this connection counts against the connection caps.
     pub counted: bool,
+    /// The balancer's own connection (a PROXY `LOCAL` header): it may ask
+    /// for `/healthz` and nothing else.
+    pub health_check_only: bool,
 }
 
 impl Conn {
@@ -174,6 +176,7 @@ impl Conn {
             wants_write: false,
             dirty: false,
             counted: false,
+            health_check_only: false,
         }
     }
 
@@ -616,14 +619,6 @@ impl Relay {
 /// One line for a connection a layer under HTTP ended.
 fn log_refusal(remote: SocketAddr, refusal: &Refusal) {
     match refusal {
-        // A balancer's health checks send LOCAL (HAProxy's
-        // `check-send-proxy`): expected every few seconds, not news.
-        Refusal::ProxyHeader(why @ proxy_protocol::Refusal::Local) => {
-            debug!(
-                "proxy_header_refused remote={remote} reason={}",
-                why.as_str()
-            )
-        }
         Refusal::ProxyHeader(why) => {
             info!(
                 "proxy_header_refused remote={remote} reason={}",
@@ -669,6 +664,7 @@ impl Conn {
             wants_write: false,
             dirty: false,
             counted: parts.counted,
+            health_check_only: false,
         }
     }
 }

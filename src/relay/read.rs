@@ -23,7 +23,7 @@ use crate::config::READ_CHUNK;
 use crate::http::{self, Head};
 use crate::metrics::HttpRefusal;
 use crate::proxy_protocol::HEADER_DEADLINE;
-use crate::transport::Input;
+use crate::transport::{Input, Proxied};
 use crate::ws::{Event, Reader, Role};
 
 /// Reads one readiness event may do before other connections get a turn.
@@ -124,12 +124,19 @@ impl Relay {
         let Some(conn) = self.conns.get_mut(handle) else {
             return;
         };
-        let Some(source) = conn.transport.take_source() else {
-            return;
-        };
-        debug!("proxy_header remote={} source={source}", conn.remote);
-        conn.remote = source;
-        conn.client_ip = source.ip();
+        match conn.transport.take_source() {
+            None => return,
+            Some(Proxied::Client(source)) => {
+                debug!("proxy_header remote={} source={source}", conn.remote);
+                conn.remote = source;
+                conn.client_ip = source.ip();
+            }
+            Some(Proxied::Local) => {
+                // The balancer's health check: its own address stays.
+                debug!("proxy_header remote={} command=local", conn.remote);
+                conn.health_check_only = true;
+            }
+        }
         if let Some(at) = conn.deadlines.handshake {
             let header_wait = HEADER_DEADLINE.min(handshake_timeout);
             conn.deadlines.handshake = Some(at - header_wait + handshake_timeout);

@@ -24,9 +24,13 @@ impl Relay {
     /// Acts on a complete request head of `head_len` bytes.
     pub(super) fn on_request(&mut self, handle: Handle, head_len: usize, request: Request) {
         let route = request.route.unwrap_or(Route::NotFound);
-        let Some(origin) = self.conns.get(handle).map(|conn| conn.origin) else {
+        let Some(conn) = self.conns.get(handle) else {
             return;
         };
+        let origin = conn.origin;
+        if conn.health_check_only {
+            return self.health_check(handle, route);
+        }
         if origin == Origin::WebSocket && !self.names_our_host(&request) {
             debug!("request_misdirected endpoint={}", route.endpoint());
             return self.refuse_head(handle, HttpRefusal::Misdirected);
@@ -47,6 +51,23 @@ impl Relay {
                 "404 page not found\n",
             ),
         }
+    }
+
+    /// A balancer's own connection (PROXY `LOCAL`) gets `/healthz`, whatever
+    /// its `Host` (HAProxy's check sends none); anything else it asks for is
+    /// refused like a bad PROXY header: closed, nothing written.
+    fn health_check(&mut self, handle: Handle, route: Route) {
+        if route == Route::Healthz {
+            return self.answer_healthz(handle);
+        }
+        if let Some(conn) = self.conns.get(handle) {
+            info!(
+                "proxy_header_refused remote={} reason=local_command endpoint={}",
+                conn.remote,
+                route.endpoint()
+            );
+        }
+        self.vanish(handle);
     }
 
     /// Whether the request's `Host` is the `--domain`, when there is one

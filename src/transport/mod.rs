@@ -44,6 +44,15 @@ use crate::buffer::BufferPool;
 use proxy::HeaderStage;
 use tls::TlsLayer;
 
+/// Who a connection is for, by its PROXY header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proxied {
+    /// A client the balancer relays, at this address.
+    Client(SocketAddr),
+    /// The balancer's own connection (a `LOCAL` header): a health check.
+    Local,
+}
+
 /// Which layers a listener puts under HTTP.
 #[derive(Clone, Default)]
 pub struct Recipe {
@@ -209,8 +218,9 @@ impl Transport {
         }
     }
 
-    /// The client's address from the PROXY header, once, when it is in.
-    pub fn take_source(&mut self) -> Option<SocketAddr> {
+    /// Who the PROXY header says the connection is for, once, when it is
+    /// in.
+    pub fn take_source(&mut self) -> Option<Proxied> {
         match self.layer.as_deref_mut()? {
             Layer::Proxy(stage) if stage.is_done() => {
                 let source = stage.source();
@@ -427,7 +437,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(transport.is_established());
-        assert_eq!(transport.take_source(), Some(source));
+        assert_eq!(transport.take_source(), Some(Proxied::Client(source)));
         assert_eq!(transport.take_source(), None, "given once");
         assert!(transport.is_movable(), "a plain socket again");
         assert_eq!(transport.bytes_held(), 0);

@@ -10,14 +10,13 @@
 //! nothing written. The 5 s deadline is the loop's (a connection deadline
 //! like any other).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use rustls::ServerConfig;
 
 use super::tls::TlsLayer;
-use super::{read_some, split_scratch, Input, Refusal};
+use super::{read_some, split_scratch, Input, Proxied, Refusal};
 use crate::buffer::BufferPool;
 use crate::proxy_protocol::{self, Parse};
 
@@ -27,8 +26,8 @@ pub(super) struct HeaderStage {
     partial: Option<Vec<u8>>,
     /// TLS follows the header (`--https-proxy-protocol`), or HTTP does.
     then_tls: Option<Arc<ServerConfig>>,
-    /// The client's address, once the header is in.
-    source: Option<SocketAddr>,
+    /// Who the connection is for, once the header is in.
+    source: Option<Proxied>,
 }
 
 /// What a read in this stage led to.
@@ -58,7 +57,7 @@ impl HeaderStage {
         self.source.is_some()
     }
 
-    pub(super) fn source(&self) -> Option<SocketAddr> {
+    pub(super) fn source(&self) -> Option<Proxied> {
         self.source
     }
 
@@ -98,7 +97,10 @@ impl HeaderStage {
             }
             Parse::Refused(why) => Step::Input(Input::Refused(Refusal::ProxyHeader(why))),
             Parse::Complete { len, source } => {
-                self.source = Some(source);
+                self.source = Some(match source {
+                    Some(client) => Proxied::Client(client),
+                    None => Proxied::Local,
+                });
                 self.hand_on(buf, len..filled, n == offered, pool)
             }
         }

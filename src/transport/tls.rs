@@ -26,7 +26,7 @@
 //! connection; the loop writes the alert, then FIN.
 
 use std::io::{self, ErrorKind, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -36,7 +36,7 @@ use rustls::unbuffered::{
 };
 use rustls::ServerConfig;
 
-use super::{read_some, split_scratch, Input, Refusal};
+use super::{read_some, split_scratch, Input, Proxied, Refusal};
 use crate::buffer::BufferPool;
 
 /// Most plaintext in one record (RFC 8446 §5.1).
@@ -60,8 +60,8 @@ pub(super) struct TlsLayer {
     fresh_input: bool,
     /// Ciphertext owed to the peer.
     output: Output,
-    /// The PROXY header's client address, until the loop takes it.
-    source: Option<SocketAddr>,
+    /// What the PROXY header said, until the loop takes it.
+    source: Option<Proxied>,
 }
 
 /// Where the TLS session is.
@@ -109,10 +109,7 @@ enum End {
 }
 
 impl TlsLayer {
-    pub(super) fn new(
-        config: Arc<ServerConfig>,
-        source: Option<SocketAddr>,
-    ) -> io::Result<TlsLayer> {
+    pub(super) fn new(config: Arc<ServerConfig>, source: Option<Proxied>) -> io::Result<TlsLayer> {
         Ok(TlsLayer {
             conn: UnbufferedServerConnection::new(config).map_err(io::Error::other)?,
             phase: Phase::Handshaking,
@@ -131,7 +128,7 @@ impl TlsLayer {
         self.fresh_input = true;
     }
 
-    pub(super) fn take_source(&mut self) -> Option<SocketAddr> {
+    pub(super) fn take_source(&mut self) -> Option<Proxied> {
         self.source.take()
     }
 
