@@ -828,7 +828,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                                 .check_fit(
                                     kind,
                                     n,
-                                    if kind == Kind::Relay {
+                                    if kind.is_relay() {
                                         n.div_ceil(a.phones_per_binary)
                                     } else {
                                         0
@@ -849,7 +849,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             let mut setup = setup(&a.common)?;
             let ha = plan(&mut setup, &mut runner, a.baseline)?;
             for kind in runner.kinds(ha) {
-                let binaries = if kind == Kind::Relay {
+                let binaries = if kind.is_relay() {
                     a.phones.div_ceil(a.phones_per_binary)
                 } else {
                     0
@@ -889,7 +889,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             let mut setup = setup(&a.common)?;
             plan(&mut setup, &mut runner, Baseline::None)?;
             setup.env.check_fit(
-                Kind::Relay,
+                runner.primary,
                 a.phones,
                 a.phones.div_ceil(a.phones_per_binary),
             )?;

@@ -395,7 +395,7 @@ impl Env {
         phones_per_binary: usize,
         hold: Duration,
     ) -> Result<Measurement, String> {
-        let binaries = if kind == Kind::Relay {
+        let binaries = if kind.is_relay() {
             phones.div_ceil(phones_per_binary)
         } else {
             0
@@ -466,10 +466,10 @@ impl Env {
         warmup: Duration,
         duration: Duration,
     ) -> Result<Measurement, String> {
-        if fanout && kind != Kind::Relay {
+        if fanout && !kind.is_relay() {
             return Err("fanout runs against the relay only".into());
         }
-        let binaries = if kind == Kind::Relay {
+        let binaries = if kind.is_relay() {
             phones.div_ceil(phones_per_binary)
         } else {
             0
@@ -590,11 +590,7 @@ impl Env {
         warmup: Duration,
         duration: Duration,
     ) -> Result<Measurement, String> {
-        let binaries = if kind == Kind::Relay {
-            binaries.max(1)
-        } else {
-            0
-        };
+        let binaries = if kind.is_relay() { binaries.max(1) } else { 0 };
         self.check_fit(kind, concurrency, binaries)?;
         let mut running = self.start(kind, concurrency, concurrency)?;
         let mut gen = self.generator(&running, Mode::Churn, size)?;

@@ -23,6 +23,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// A relay (started, or at `--url`): binaries, envelopes, fanout.
+    pub fn is_relay(self) -> bool {
+        matches!(self, Kind::Relay | Kind::Url)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Relay => "relay",
