@@ -1,7 +1,7 @@
 # pyrycode-relay — the commands a developer and CI use.
 CARGO ?= cargo
 
-.PHONY: build run test lint fmt bench bench-tls fuzz-build fuzz
+.PHONY: build run test test-scale sim lint fmt bench bench-tls fuzz-build fuzz
 
 build:
 	$(CARGO) build --release --workspace
@@ -13,6 +13,25 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+
+# Three relays behind two peered HAProxy balancers (deploy/haproxy.cfg) on
+# loopback: routing, a relay killed and started again, a rolling restart;
+# recovery times on stdout (docs/SCALING.md). Needs haproxy (apt-get install
+# -y haproxy). PROXY v2 towards the relays when the relay serves
+# --proxy-protocol (SCALE_PROXY=on to require it, off to leave it out).
+# It uses the debug build `make test` already made (a few hundred peers
+# need no optimizer), so CI does not compile the workspace twice.
+SCALE_PROXY ?= auto
+test-scale:
+	$(CARGO) build --workspace
+	target/debug/relay-bench scale-test --relay target/debug/pyrycode-relay --proxy $(SCALE_PROXY)
+
+# The seeded whole-relay simulation alone (docs/TESTING.md): `make test`
+# runs 50 seeds; SIM_SEEDS=10000 make sim runs more, SIM_FIRST=N starts
+# elsewhere, SIM_SEED=N replays one.
+SIM_SEEDS ?= 1000
+sim:
+	SIM_SEEDS=$(SIM_SEEDS) $(CARGO) test --test sim -- --nocapture
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

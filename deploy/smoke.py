@@ -4,6 +4,7 @@
     deploy/smoke.py ws://127.0.0.1:8080          # plain, or through a proxy
     deploy/smoke.py wss://relay.example.com      # TLS, checked against the system CAs
     deploy/smoke.py wss://127.0.0.1:8443 --cafile cert.pem
+    deploy/smoke.py wss://relay.example.com:8443 --connect 127.0.0.1 --cafile root.pem
 
 It connects a binary (/v1/server) and a phone (/v1/client) under a fresh
 server-id, sends one message each way and checks that the relay forwarded
@@ -28,11 +29,12 @@ TIMEOUT = 10
 class WebSocket:
     """A minimal RFC 6455 client: masked text frames out, pings answered."""
 
-    def __init__(self, url, path, headers, cafile):
+    def __init__(self, url, path, headers, cafile, connect=None):
         parts = urllib.parse.urlsplit(url)
         secure = parts.scheme == "wss"
         port = parts.port or (443 if secure else 80)
-        sock = socket.create_connection((parts.hostname, port), timeout=TIMEOUT)
+        address = connect or parts.hostname
+        sock = socket.create_connection((address, port), timeout=TIMEOUT)
         if secure:
             context = ssl.create_default_context(cafile=cafile)
             sock = context.wrap_socket(sock, server_hostname=parts.hostname)
@@ -109,6 +111,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="ws://HOST:PORT or wss://HOST[:PORT]")
     parser.add_argument("--cafile", help="PEM CA to trust for wss:// (e.g. a self-signed cert)")
+    parser.add_argument(
+        "--connect",
+        metavar="ADDRESS",
+        help="connect to this address instead of the URL's host (which stays the SNI and Host)",
+    )
     args = parser.parse_args()
 
     server_id = "smoke-" + os.urandom(6).hex()
@@ -116,12 +123,12 @@ def main():
         ("X-Pyrycode-Server", server_id),
         ("X-Pyrycode-Version", "smoke"),
         ("User-Agent", "pyrycode-relay-smoke"),
-    ], args.cafile)
+    ], args.cafile, args.connect)
     phone = WebSocket(args.url, "/v1/client", [
         ("X-Pyrycode-Server", server_id),
         ("X-Pyrycode-Token", "smoke"),
         ("User-Agent", "pyrycode-relay-smoke"),
-    ], args.cafile)
+    ], args.cafile, args.connect)
 
     up = b'{"type":"smoke","n":[1.50, -0],"s":"\\u00e9"}'
     phone.send(0x1, up)

@@ -6,6 +6,12 @@
 //! back to the pool, which keeps at most [`MAX_POOLED_BYTES`] of them:
 //! enough that a busy connection's queue does not go back to the allocator
 //! (and the kernel, page by page) between two loop turns.
+//!
+//! The pool follows its load down as well as up: [`BufferPool::trim`],
+//! called by the loop every few seconds, frees the buffers that sat in the
+//! pool through the whole period since the last trim. Under steady load
+//! that is the surplus over what the load really borrows; once the load is
+//! gone, it is everything, two periods later.
 
 use std::time::Instant;
 
@@ -21,20 +27,40 @@ const MAX_POOLED: usize = 1024;
 /// A free list of byte buffers.
 #[derive(Default)]
 pub struct BufferPool {
+    /// A stack: `get` takes from the top, so the bottom `low_water`
+    /// buffers have not been taken since the last trim.
     free: Vec<Vec<u8>>,
     idle_bytes: usize,
+    /// The fewest idle buffers the pool held since the last trim.
+    low_water: usize,
 }
 
 impl BufferPool {
     /// An empty buffer with at least [`BUFFER_SIZE`] capacity.
     pub fn get(&mut self) -> Vec<u8> {
-        match self.free.pop() {
+        let buf = match self.free.pop() {
             Some(buf) => {
                 self.idle_bytes -= buf.capacity();
                 buf
             }
             None => Vec::with_capacity(BUFFER_SIZE),
+        };
+        self.low_water = self.low_water.min(self.free.len());
+        buf
+    }
+
+    /// Frees the buffers no `get` needed since the last trim (those below
+    /// the low-water mark of the period) and starts a new period. Returns
+    /// the bytes freed.
+    pub fn trim(&mut self) -> usize {
+        let unused = self.low_water.min(self.free.len());
+        let freed: usize = self.free.drain(..unused).map(|buf| buf.capacity()).sum();
+        self.idle_bytes -= freed;
+        if self.free.is_empty() {
+            self.free = Vec::new();
         }
+        self.low_water = self.free.len();
+        freed
     }
 
     /// Gives a buffer back; it is freed if the pool is full.
@@ -238,5 +264,38 @@ mod tests {
         let big = pool.get();
         assert_eq!(big.capacity(), 1 << 20);
         assert_eq!(pool.idle_bytes(), pool.get().capacity());
+    }
+
+    #[test]
+    fn trim_frees_what_sat_idle_through_a_whole_period() {
+        let mut pool = BufferPool::default();
+        let burst: Vec<Vec<u8>> = (0..8).map(|_| pool.get()).collect();
+        burst.into_iter().for_each(|buf| pool.put(buf));
+        assert_eq!(pool.trim(), 0, "every buffer was in use this period");
+        assert_eq!(pool.idle(), 8);
+
+        // Steady load borrowing two at a time: six are surplus.
+        let (a, b) = (pool.get(), pool.get());
+        pool.put(a);
+        pool.put(b);
+        assert_eq!(pool.trim(), 6 * BUFFER_SIZE);
+        assert_eq!(pool.idle(), 2);
+
+        // The load is gone: the rest go one period later.
+        assert_eq!(pool.trim(), 2 * BUFFER_SIZE);
+        assert_eq!((pool.idle(), pool.idle_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_buffer_borrowed_before_a_trim_is_not_counted_idle() {
+        let mut pool = BufferPool::default();
+        pool.put(Vec::with_capacity(BUFFER_SIZE));
+        pool.put(Vec::with_capacity(BUFFER_SIZE));
+        pool.trim();
+        let held = pool.get();
+        assert_eq!(pool.trim(), BUFFER_SIZE, "only the untouched one goes");
+        pool.put(held);
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.trim(), 0, "returned during this period");
     }
 }

@@ -183,8 +183,15 @@ impl Args {
         let push = self.push(env)?;
         let production = env.check()?;
         self.check_production(production, &listeners)?;
+        if self.manual_clock && metrics_listen.is_none() {
+            return Err(
+                "--manual-clock needs --metrics-listen: relay time is moved by POST /clock/advance on it"
+                    .into(),
+            );
+        }
         let config = Config {
             listen: listeners[0].addr,
+            host: host.clone(),
             ..self.config()
         };
         Ok(Settings {
@@ -204,6 +211,9 @@ impl Args {
     fn metrics_address(&self) -> Result<Option<SocketAddr>, String> {
         match self.metrics_listen.as_str() {
             "" => Ok(None),
+            // With a manual clock the listener is a test's control endpoint:
+            // port 0 takes a free port, and the start-up line names it.
+            text if self.manual_clock => settings::parse_loopback_addr(text).map(Some),
             text => settings::parse_metrics_addr(text).map(Some),
         }
     }

@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 pub trait Clock: Send {
     /// The current instant.
     fn now(&self) -> Instant;
-    /// Whether the loop should sleep in `poll` until the next deadline
-    /// (real time) or only look for ready sockets (simulated time).
+    /// Whether time passes by itself. A real clock's loop sleeps in `poll`
+    /// until the next deadline; a manual clock's deadlines only come due
+    /// when someone moves the clock ([`Clock::manual`]).
     fn is_real(&self) -> bool;
+    /// The clock itself when time only moves when told to: what the
+    /// relay's `advance` and its `/clock` control endpoint move.
+    fn manual(&self) -> Option<&ManualClock> {
+        None
+    }
 }
 
 /// The operating system's monotonic clock.
@@ -45,10 +51,19 @@ impl ManualClock {
         }
     }
 
-    /// Moves time forward by `by`.
+    /// Moves time forward by `by`. (A relay's own `advance` does this step
+    /// by step and fires each deadline on the way: prefer it.)
+    ///
+    /// # Panics
+    ///
+    /// If the clock would pass 584 years: time never wraps around.
     pub fn advance(&self, by: Duration) {
-        self.elapsed_nanos
-            .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        let by = u64::try_from(by.as_nanos()).expect("a manual clock moves less than 584 years");
+        let before = self.elapsed_nanos.fetch_add(by, Ordering::SeqCst);
+        assert!(
+            before.checked_add(by).is_some(),
+            "a manual clock moves less than 584 years"
+        );
     }
 
     /// Time passed since the clock was made.
@@ -69,5 +84,8 @@ impl Clock for ManualClock {
     }
     fn is_real(&self) -> bool {
         false
+    }
+    fn manual(&self) -> Option<&ManualClock> {
+        Some(self)
     }
 }

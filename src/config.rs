@@ -5,6 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Size of the relay's one shared read buffer: every read of a socket
+/// lands there first, so one read takes at most this many bytes.
+pub const READ_CHUNK: usize = 64 * 1024;
+
 /// Everything the relay loop needs to know that is not a socket.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -50,6 +54,9 @@ pub struct Config {
     pub binary_low_water: usize,
     /// Use the rightmost `X-Forwarded-For` address as the client IP.
     pub trust_x_forwarded_for: bool,
+    /// `--domain`: every request on a WebSocket listener must name this
+    /// `Host` (port stripped, case ignored), or it gets 421.
+    pub host: Option<String>,
 }
 
 impl Default for Config {
@@ -76,22 +83,24 @@ impl Default for Config {
             binary_high_water: 1024 * 1024,
             binary_low_water: 256 * 1024,
             trust_x_forwarded_for: false,
+            host: None,
         }
     }
 }
 
-/// Size of the one scratch buffer every socket read lands in: the most a
-/// single read can add to a connection's partial input.
-pub const READ_CHUNK: usize = 64 * 1024;
-
 impl Config {
-    /// The longest output queue a connection may have and still be read.
-    /// Ordinary traffic stays below it (a phone's queue is capped by
-    /// `phone_backlog`, a binary's by `binary_high_water` plus one
-    /// message); only what a peer's own input makes the relay owe it
-    /// (pongs) can go beyond, and a peer that pings without reading its
-    /// pongs is not read until it does: its queue stays bounded and the
-    /// output-stall deadline ends it.
+    /// The longest output queue a connection may have and still be read:
+    /// `max(phone_backlog, binary_high_water) + max_message_size + READ_CHUNK`
+    /// (`L` in docs/SECURITY.md, "Worst-case memory").
+    ///
+    /// Ordinary traffic stays below it: a phone's queue is refused past
+    /// `phone_backlog`, and a binary's stops at most one message past
+    /// `binary_high_water` (its phones are no longer read). Only what a
+    /// peer's own input makes the relay owe it (pongs) can go further, by
+    /// what one read of [`READ_CHUNK`] bytes asks for. Past the limit the
+    /// relay stops reading that connection until its queue drains: a peer
+    /// that pings without reading its pongs holds a bounded queue, and the
+    /// output-stall deadline (`write_timeout`) ends it.
     pub fn output_read_limit(&self) -> usize {
         self.phone_backlog.max(self.binary_high_water) + self.max_message_size + READ_CHUNK
     }
@@ -169,6 +178,24 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_output_read_limit_follows_the_queue_limits() {
+        let config = Config::default();
+        assert_eq!(
+            config.output_read_limit(),
+            (1 << 20) + 256 * 1024 + READ_CHUNK
+        );
+        let binary_heavy = Config {
+            binary_high_water: 4 << 20,
+            max_message_size: 1024,
+            ..Config::default()
+        };
+        assert_eq!(
+            binary_heavy.output_read_limit(),
+            (4 << 20) + 1024 + READ_CHUNK
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 /// Most header lines a request head may carry.
 const MAX_HEADERS: usize = 64;
+/// The path prefix of ACME HTTP-01 challenge requests (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The routes of SPEC §2 (exact path, query ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +24,11 @@ pub enum Route {
     Healthz,
     /// `/metrics`, served on the metrics listener only.
     Metrics,
+    /// `/clock`: the manual clock's time (metrics listener, `--manual-clock`).
+    Clock,
+    /// `/clock/advance`: moves the manual clock (metrics listener,
+    /// `--manual-clock`).
+    ClockAdvance,
     /// Anything else.
     NotFound,
 }
@@ -34,6 +41,7 @@ impl Route {
             Route::Client => "client",
             Route::Healthz => "healthz",
             Route::Metrics => "metrics",
+            Route::Clock | Route::ClockAdvance => "clock",
             Route::NotFound => "other",
         }
     }
@@ -44,6 +52,9 @@ impl Route {
 pub struct Request {
     pub route: Option<Route>,
     pub method_is_get: bool,
+    pub method_is_post: bool,
+    /// The text after `?` in the request target, if any.
+    pub query: Option<String>,
     pub upgrade_websocket: bool,
     pub connection_upgrade: bool,
     pub ws_version: Option<String>,
@@ -54,6 +65,11 @@ pub struct Request {
     pub user_agent_present: bool,
     /// Rightmost address of the last `X-Forwarded-For` header, if it parses.
     pub forwarded_for: Option<IpAddr>,
+    /// The `Host` header (the last one), for the `--domain` check (421).
+    pub host: Option<String>,
+    /// The path (query included), when it asks for an ACME HTTP-01
+    /// challenge (`/.well-known/acme-challenge/…`); not kept otherwise.
+    pub acme_challenge: Option<String>,
 }
 
 /// Result of looking at the bytes received so far.
@@ -89,17 +105,27 @@ pub fn parse_head(bytes: &[u8], max_header_size: usize) -> Head {
 
 impl Request {
     fn from_parsed(parsed: &httparse::Request) -> Request {
-        let path = parsed.path.unwrap_or("");
-        let path = path.split('?').next().unwrap_or("");
+        let target = parsed.path.unwrap_or("");
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_string())),
+            None => (target, None),
+        };
         let mut request = Request {
+            acme_challenge: path
+                .starts_with(ACME_CHALLENGE_PREFIX)
+                .then(|| target.to_string()),
             route: Some(match path {
                 "/v1/server" => Route::Server,
                 "/v1/client" => Route::Client,
                 "/healthz" => Route::Healthz,
                 "/metrics" => Route::Metrics,
+                "/clock" => Route::Clock,
+                "/clock/advance" => Route::ClockAdvance,
                 _ => Route::NotFound,
             }),
             method_is_get: parsed.method == Some("GET"),
+            method_is_post: parsed.method == Some("POST"),
+            query,
             ..Request::default()
         };
         for header in parsed.headers.iter() {
@@ -125,6 +151,7 @@ impl Request {
             "x-pyrycode-version" => self.pyrycode_version = non_empty(),
             "x-pyrycode-token" => self.token_present |= !value.is_empty(),
             "user-agent" => self.user_agent_present |= !value.is_empty(),
+            "host" => self.host = Some(value.to_string()),
             "x-forwarded-for" => {
                 self.forwarded_for = value
                     .rsplit(',')
@@ -161,7 +188,9 @@ pub fn check_upgrade(route: Route, request: &Request) -> Result<Upgrade, Refusal
     let gate_passed = match route {
         Route::Server => request.pyrycode_version.is_some(),
         Route::Client => request.token_present,
-        Route::Healthz | Route::Metrics | Route::NotFound => false,
+        Route::Healthz | Route::Metrics | Route::Clock | Route::ClockAdvance | Route::NotFound => {
+            false
+        }
     } && request.user_agent_present
         && is_valid_server_id(server_id);
     if !gate_passed {
@@ -207,7 +236,9 @@ pub fn write_response(out: &mut Vec<u8>, status: u16, extra_headers: &str, body:
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
+        421 => "Misdirected Request",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -319,6 +350,37 @@ mod tests {
         assert!(!is_valid_server_id("slash/"));
         assert!(!is_valid_server_id(&"x".repeat(129)));
         assert!(is_valid_server_id(&"x".repeat(128)));
+    }
+
+    #[test]
+    fn host_and_acme_challenge_paths_are_kept() {
+        let request = request(SERVER_HEAD);
+        assert_eq!(request.host.as_deref(), Some("r"));
+        assert_eq!(request.acme_challenge, None);
+        let challenge =
+            "GET /.well-known/acme-challenge/tok?x=1 HTTP/1.1\r\nHost: relay.example:80\r\n\r\n";
+        let request = super::tests::request(challenge);
+        assert_eq!(request.route, Some(Route::NotFound));
+        assert_eq!(
+            request.acme_challenge.as_deref(),
+            Some("/.well-known/acme-challenge/tok?x=1")
+        );
+        assert_eq!(request.host.as_deref(), Some("relay.example:80"));
+        let mut out = Vec::new();
+        write_response(&mut out, 421, "", "");
+        assert!(out.starts_with(b"HTTP/1.1 421 Misdirected Request\r\n"));
+    }
+
+    #[test]
+    fn the_clock_routes_keep_their_method_and_query() {
+        let advance = request("POST /clock/advance?by=30s HTTP/1.1\r\nHost: r\r\n\r\n");
+        assert_eq!(advance.route, Some(Route::ClockAdvance));
+        assert!(advance.method_is_post && !advance.method_is_get);
+        assert_eq!(advance.query.as_deref(), Some("by=30s"));
+        let clock = request("GET /clock HTTP/1.1\r\nHost: r\r\n\r\n");
+        assert_eq!(clock.route, Some(Route::Clock));
+        assert_eq!(clock.query, None);
+        assert_eq!(request(SERVER_HEAD).query.as_deref(), Some("x=1"));
     }
 
     #[test]

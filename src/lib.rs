@@ -14,6 +14,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod envelope;
+pub mod fixture;
+pub mod handover;
+pub mod heap;
 pub mod http;
 pub mod limits;
 pub mod metrics;
@@ -29,4 +32,6 @@ pub mod ws;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
-pub use relay::{Memory, Relay, Stats};
+pub use relay::{
+    AdvanceError, Census, Listen, Memory, Origin, Relay, Stats, MAX_ADVANCE, MAX_LISTENERS,
+};

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 /// Rounding slack when comparing a bucket's tokens against one attempt.
 const TOKEN_EPSILON: f64 = 1e-9;
 
+#[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     refilled_at: Instant,
@@ -63,13 +64,22 @@ impl IpLimits {
     }
 
     /// Forgets IPs with no live connection and a full bucket: they are
-    /// indistinguishable from IPs never seen.
+    /// indistinguishable from IPs never seen. A map left mostly empty by
+    /// a burst of addresses gives its capacity back.
     pub fn sweep(&mut self, now: Instant) {
         let (burst, interval) = (self.burst, self.interval);
         self.per_ip.retain(|_, bucket| {
             refill(bucket, burst, interval, now);
             bucket.live > 0 || bucket.tokens < burst
         });
+        if self.per_ip.len() * 4 <= self.per_ip.capacity() {
+            self.per_ip.shrink_to(self.per_ip.len() * 2);
+        }
+    }
+
+    /// Buckets the map has room for (each ~64 bytes with its key).
+    pub fn capacity(&self) -> usize {
+        self.per_ip.capacity()
     }
 
     /// IPs currently tracked.
@@ -86,6 +96,33 @@ impl IpLimits {
         });
         refill(bucket, burst, interval, now);
         bucket
+    }
+}
+
+/// Hand-over of an upgrade (`handover/snapshot.rs`): each tracked IP's
+/// tokens, refilled to `now`; live counts follow from the connections.
+impl IpLimits {
+    pub fn export(&self, now: Instant) -> Vec<(IpAddr, f64)> {
+        let (burst, interval) = (self.burst, self.interval);
+        self.per_ip
+            .iter()
+            .map(|(ip, bucket)| {
+                let mut bucket = *bucket;
+                refill(&mut bucket, burst, interval, now);
+                (*ip, bucket.tokens)
+            })
+            .collect()
+    }
+
+    /// Sets `ip`'s tokens as they were at the hand-over (within the burst).
+    pub fn import(&mut self, ip: IpAddr, tokens: f64, now: Instant) {
+        let burst = self.burst;
+        let bucket = self.bucket(ip, now);
+        bucket.tokens = if tokens.is_finite() {
+            tokens.clamp(0.0, burst)
+        } else {
+            burst
+        };
     }
 }
 
@@ -126,5 +163,21 @@ mod tests {
         limits.sweep(t0 + Duration::from_secs(10));
         assert_eq!(limits.tracked(), 1);
         assert_eq!(limits.live(b), 1);
+    }
+
+    #[test]
+    fn sweep_gives_back_the_room_of_a_burst_of_addresses() {
+        let t0 = Instant::now();
+        let mut limits = IpLimits::new(2, Duration::from_secs(1));
+        for i in 0..10_000u32 {
+            limits.allow_attempt(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        let kept: IpAddr = "192.0.2.9".parse().unwrap();
+        limits.connection_opened(kept, t0);
+        assert!(limits.capacity() >= 10_000);
+        limits.sweep(t0 + Duration::from_secs(10));
+        assert_eq!(limits.tracked(), 1);
+        assert!(limits.capacity() < 16, "capacity {}", limits.capacity());
+        assert_eq!(limits.live(kept), 1);
     }
 }

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// Who holds a server-id right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub struct Slot<K> {
     /// The binary's output is over its high-water mark: its phones are not
     /// read until it drains.
     pub backpressured: bool,
+    /// When the grace window ends (meaningful in `Grace` only; the relay
+    /// notes it, so that an upgrade can move the window).
+    pub grace_until: Option<Instant>,
 }
 
 /// What a claim of `/v1/server` leads to.
@@ -117,6 +121,7 @@ impl<K: Copy + Eq> Registry<K> {
                     phones: Vec::new(),
                     generation: 0,
                     backpressured: false,
+                    grace_until: None,
                 },
             );
             return Claim::Fresh;
@@ -290,11 +295,77 @@ impl<K: Copy + Eq> Registry<K> {
             .get(server_id)
             .map_or(&[][..], |slot| &slot.phones[..])
     }
+
+    /// Gives back the room of maps a burst left mostly empty (at most a
+    /// quarter full): they keep twice their length.
+    pub fn shrink(&mut self) {
+        shrink_map(&mut self.slots);
+        shrink_map(&mut self.phones_by_conn_id);
+    }
+
+    /// Entries the two maps have room for: (server-ids, phones).
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.slots.capacity(), self.phones_by_conn_id.capacity())
+    }
+}
+
+fn shrink_map<V>(map: &mut HashMap<Rc<str>, V>) {
+    if map.len() * 4 <= map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// The grace window's end, and the hand-over of an upgrade
+/// (`relay/snapshot.rs`, `relay/restore.rs`).
+impl<K: Copy + Eq> Registry<K> {
+    /// Notes when the grace window of `server_id` ends.
+    pub fn set_grace_end(&mut self, server_id: &str, until: Instant) {
+        if let Some(slot) = self.slots.get_mut(server_id) {
+            slot.grace_until = Some(until);
+        }
+    }
+
+    /// Every slot.
+    pub fn slots(&self) -> impl Iterator<Item = (&Rc<str>, &Slot<K>)> {
+        self.slots.iter()
+    }
+
+    /// Every conn_id the relay routes to, with its phone.
+    pub fn conn_ids(&self) -> impl Iterator<Item = (&Rc<str>, K)> {
+        self.phones_by_conn_id
+            .iter()
+            .map(|(conn_id, &phone)| (conn_id, phone))
+    }
+
+    /// Puts back a slot as it was, and its phones' conn_ids.
+    pub fn restore_slot(&mut self, server_id: Rc<str>, slot: Slot<K>, conn_ids: Vec<(Rc<str>, K)>) {
+        self.slots.insert(server_id, slot);
+        self.phones_by_conn_id.extend(conn_ids);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drained_maps_give_back_their_room() {
+        let mut registry = Registry::default();
+        let sid: Rc<str> = Rc::from("s");
+        registry.claim(&sid, 0);
+        for phone in 1..=5000 {
+            registry.add_conn_id(Rc::from(format!("c{phone}")), phone);
+        }
+        for phone in 1..=5000 {
+            registry.leave(&sid, &format!("c{phone}"), phone);
+        }
+        registry.add_conn_id(Rc::from("kept"), 7);
+        assert!(registry.capacity().1 >= 5000);
+        registry.shrink();
+        assert!(registry.capacity().1 < 16);
+        assert_eq!(registry.phone("kept"), Some(7));
+        assert_eq!(registry.binary("s"), Some(0));
+    }
 
     fn id(name: &str) -> Rc<str> {
         Rc::from(name)

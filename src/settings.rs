@@ -167,15 +167,24 @@ pub fn parse_listen_addr(flag: &str, text: &str) -> Result<SocketAddr, String> {
 /// `localhost` is refused like every host name: what it resolves to at
 /// start is not necessarily what it resolves to later.
 pub fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr = parse_loopback_addr(text)?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "--metrics-listen: {text:?} has port 0; Prometheus needs a fixed port"
+        ));
+    }
+    Ok(addr)
+}
+
+/// `--metrics-listen` as a loopback IP literal with a port, port 0
+/// included (a test's control endpoint under `--manual-clock`).
+pub fn parse_loopback_addr(text: &str) -> Result<SocketAddr, String> {
     let bad = |why: &str| format!("--metrics-listen: {text:?} {why}");
     let addr: SocketAddr = text.parse().map_err(|_| {
         bad("is not a loopback IP literal with a port (e.g. 127.0.0.1:9090 or [::1]:9090; host names such as localhost are refused)")
     })?;
     if !addr.ip().is_loopback() {
         return Err(bad("is not a loopback address"));
-    }
-    if addr.port() == 0 {
-        return Err(bad("has port 0; Prometheus needs a fixed port"));
     }
     Ok(addr)
 }

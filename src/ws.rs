@@ -22,7 +22,7 @@ use std::ops::Range;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-pub use reader::{Batch, Event, OwnedEvent, Reader};
+pub use reader::{Batch, Event, OwnedEvent, Reader, ReaderParts};
 
 /// Close codes the relay sends.
 pub mod close {

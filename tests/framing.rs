@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 /// A binary for "srv-1" and one phone of it, with its conn_id.
 fn pair() -> (Harness, Client, Client, String) {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv-1");
-    let (phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
+    let (binary, phone, conn_id) = h.pair("srv-1");
     (h, binary, phone, conn_id)
 }
 
@@ -142,6 +141,37 @@ fn a_64_bit_length_frame_with_its_header_split_byte_by_byte_arrives_intact() {
     assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, &message));
 }
 
+/// The phone sends `messages` in one write, and the binary gets them in
+/// order; then the binary sends their envelopes in one write, and the
+/// phone gets them in order. Nothing else arrives.
+fn burst_both_ways(
+    h: &mut Harness,
+    binary: &mut Client,
+    phone: &mut Client,
+    conn_id: &str,
+    messages: &[Vec<u8>],
+) {
+    let burst: Vec<u8> = messages
+        .iter()
+        .flat_map(|message| masked_frame(0x1, true, message))
+        .collect();
+    phone.send_raw(h, &burst);
+    for message in messages {
+        assert_eq!(binary.recv_text(h), envelope(conn_id, message));
+    }
+    binary.assert_no_data(h);
+
+    let burst: Vec<u8> = messages
+        .iter()
+        .flat_map(|message| masked_frame(0x1, true, &envelope(conn_id, message)))
+        .collect();
+    binary.send_raw(h, &burst);
+    for message in messages {
+        assert_eq!(phone.recv_text(h), *message);
+    }
+    assert_quiet(h, [binary, phone]);
+}
+
 #[test]
 fn many_frames_in_one_write_all_arrive_in_order() {
     let (mut h, mut binary, mut phone, conn_id) = pair();
@@ -149,25 +179,7 @@ fn many_frames_in_one_write_all_arrive_in_order() {
         .map(|i| format!(r#"{{"seq":{i}}}"#).into_bytes())
         .collect();
 
-    let mut burst = Vec::new();
-    for message in &messages {
-        burst.extend_from_slice(&masked_frame(0x1, true, message));
-    }
-    phone.send_raw(&mut h, &burst);
-    for message in &messages {
-        assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, message));
-    }
-    binary.assert_no_data(&mut h);
-
-    let mut burst = Vec::new();
-    for message in &messages {
-        burst.extend_from_slice(&masked_frame(0x1, true, &envelope(&conn_id, message)));
-    }
-    binary.send_raw(&mut h, &burst);
-    for message in &messages {
-        assert_eq!(phone.recv_text(&mut h), *message);
-    }
-    phone.assert_no_data(&mut h);
+    burst_both_ways(&mut h, &mut binary, &mut phone, &conn_id, &messages);
 }
 
 #[test]
@@ -183,25 +195,7 @@ fn frames_straddling_read_boundaries_arrive_intact() {
             m
         })
         .collect();
-    let mut burst = Vec::new();
-    for message in &messages {
-        burst.extend_from_slice(&masked_frame(0x1, true, message));
-    }
-    phone.send_raw(&mut h, &burst);
-    for message in &messages {
-        assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, message));
-    }
-
-    let mut burst = Vec::new();
-    for message in &messages {
-        burst.extend_from_slice(&masked_frame(0x1, true, &envelope(&conn_id, message)));
-    }
-    binary.send_raw(&mut h, &burst);
-    for message in &messages {
-        assert_eq!(phone.recv_text(&mut h), *message);
-    }
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    burst_both_ways(&mut h, &mut binary, &mut phone, &conn_id, &messages);
 }
 
 #[test]
@@ -250,8 +244,7 @@ fn a_peer_that_keeps_writing_its_oversized_message_still_sees_1009() {
 #[test]
 fn the_size_limit_is_configurable_and_counts_every_fragment() {
     let mut h = Harness::with_config(|c| c.max_message_size = 1024);
-    let mut binary = h.binary("srv-1");
-    let (mut phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair("srv-1");
     let at_limit = json_string(1024);
     phone.send_text(&mut h, &at_limit);
     assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, &at_limit));
@@ -443,8 +436,7 @@ fn pings_are_answered_with_the_same_payload_on_both_legs() {
     binary.send_ping(&mut h, b"from pyry");
     assert_eq!(binary.recv(&mut h), Msg::Pong(b"from pyry".to_vec()));
     // Pings are not forwarded anywhere.
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut binary, &mut phone]);
 }
 
 // ---------------------------------------------------------------- payload rules
@@ -461,14 +453,15 @@ fn invalid_utf8_in_a_phone_text_message_is_1007() {
 
 #[test]
 fn a_phone_message_that_is_not_json_is_1007_and_the_sibling_is_unaffected() {
-    for bad in [
-        &b"hello"[..],
+    const NOT_JSON: [&[u8]; 6] = [
+        b"hello",
         b"{\"a\":",
         b"{} {}",
         b"",
         b"{'single':1}",
         b"[1,]",
-    ] {
+    ];
+    for bad in NOT_JSON {
         let (mut h, mut binary, mut phone, conn_id) = pair();
         let (mut sibling, sibling_id) = h.phone_with_id("srv-1", &mut binary);
         phone.send_text(&mut h, bad);
@@ -510,16 +503,29 @@ fn everything_delivered_to_a_phone_is_a_text_frame() {
 
 // ---------------------------------------------------------------- close handshake
 
+/// The relay echoed the phone's close with `echoed` (no reason) and closed
+/// the connection; the binary got the close notice with `notice`.
+fn close_echoed(
+    h: &mut Harness,
+    phone: &mut Client,
+    binary: &mut Client,
+    conn_id: &str,
+    echoed: Option<u16>,
+    notice: u16,
+) {
+    assert_eq!(phone.recv_close(h), (echoed, String::new()), "{echoed:?}");
+    phone.wait_eof(h);
+    assert_eq!(
+        json_of(&binary.recv_text(h)),
+        json!({"conn_id": conn_id, "close_code": notice})
+    );
+}
+
 #[test]
 fn a_phone_close_is_echoed_and_the_tcp_connection_closed() {
     let (mut h, mut binary, mut phone, conn_id) = pair();
     phone.send_close(&mut h, 1000, "bye");
-    assert_eq!(phone.recv_close(&mut h), (Some(1000), String::new()));
-    phone.wait_eof(&mut h);
-    assert_eq!(
-        json_of(&binary.recv_text(&mut h)),
-        json!({"conn_id": conn_id, "close_code": 1000})
-    );
+    close_echoed(&mut h, &mut phone, &mut binary, &conn_id, Some(1000), 1000);
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
     drop(phone);
@@ -533,16 +539,7 @@ fn every_sendable_close_code_is_echoed() {
     ] {
         let (mut h, mut binary, mut phone, conn_id) = pair();
         phone.send_close(&mut h, code, "");
-        assert_eq!(
-            phone.recv_close(&mut h),
-            (Some(code), String::new()),
-            "{code}"
-        );
-        phone.wait_eof(&mut h);
-        assert_eq!(
-            json_of(&binary.recv_text(&mut h)),
-            json!({"conn_id": conn_id, "close_code": code})
-        );
+        close_echoed(&mut h, &mut phone, &mut binary, &conn_id, Some(code), code);
     }
 }
 
@@ -550,13 +547,8 @@ fn every_sendable_close_code_is_echoed() {
 fn an_empty_close_is_echoed_empty() {
     let (mut h, mut binary, mut phone, conn_id) = pair();
     phone.send_frame(&mut h, 0x8, true, b"");
-    assert_eq!(phone.recv_close(&mut h), (None, String::new()));
-    phone.wait_eof(&mut h);
     // No code of its own: the binary hears 1001 (SPEC §5.4).
-    assert_eq!(
-        json_of(&binary.recv_text(&mut h)),
-        json!({"conn_id": conn_id, "close_code": 1001})
-    );
+    close_echoed(&mut h, &mut phone, &mut binary, &conn_id, None, 1001);
 }
 
 #[test]
@@ -565,12 +557,7 @@ fn messages_after_the_phones_close_are_not_forwarded() {
     let mut bytes = masked_frame(0x8, true, &1000u16.to_be_bytes());
     bytes.extend_from_slice(&masked_frame(0x1, true, br#"{"late":1}"#));
     phone.send_raw(&mut h, &bytes);
-    assert_eq!(phone.recv_close(&mut h), (Some(1000), String::new()));
-    phone.wait_eof(&mut h);
-    assert_eq!(
-        json_of(&binary.recv_text(&mut h)),
-        json!({"conn_id": conn_id, "close_code": 1000})
-    );
+    close_echoed(&mut h, &mut phone, &mut binary, &conn_id, Some(1000), 1000);
     binary.assert_no_data(&mut h);
 }
 

@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use pyrycode_relay::Config;
-
-const SECOND: Duration = Duration::from_secs(1);
+use pyrycode_relay::config::{Config, READ_CHUNK};
 
 /// Writes `bytes` for as long as the relay takes them; returns how many
 /// were written once neither side moves any more (the relay stopped
@@ -36,29 +34,9 @@ fn send_until_stuck(h: &mut Harness, client: &mut Client, bytes: &[u8]) -> usize
     at
 }
 
-/// The relay's read-pause limit for a connection's own output queue with
-/// `config` (see `src/relay/io.rs: output_read_limit`).
-fn output_read_limit(config: &Config) -> usize {
-    config.phone_backlog.max(config.binary_high_water) + config.max_message_size + 64 * 1024
-}
-
 fn expect_close_code(h: &mut Harness, client: &mut Client, code: u16) {
     let (got, _) = client.expect_closed_by_relay(h);
     assert_eq!(got, Some(code));
-}
-
-/// A binary, one phone of it, and the phone's conn_id.
-fn pair(h: &mut Harness, server_id: &str) -> (Client, Client, String) {
-    let mut binary = h.binary(server_id);
-    let (phone, conn_id) = h.phone_with_id(server_id, &mut binary);
-    (binary, phone, conn_id)
-}
-
-fn assert_pair_works(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
-    phone.send_text(h, br#"{"n":1}"#);
-    assert_eq!(binary.recv_text(h), envelope(conn_id, br#"{"n":1}"#));
-    binary.send_text(h, &envelope(conn_id, br#"{"n":2}"#));
-    assert_eq!(phone.recv_text(h), br#"{"n":2}"#.to_vec());
 }
 
 #[test]
@@ -72,7 +50,7 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
             c
         })
         .collect();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "honest");
+    let (mut binary, mut phone, conn_id) = h.pair("honest");
     assert_eq!(h.stats().connections, 1002);
 
     // Four seconds of dribbling, one byte per connection per second; the
@@ -81,8 +59,8 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
         for c in dribblers.iter_mut() {
             assert_eq!(c.send_some(&head[10 + second..11 + second]), 1);
         }
-        h.advance(SECOND);
-        assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+        h.advance(secs(1));
+        assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
         assert_eq!(h.stats().connections, 1002);
     }
     let memory = h.relay.memory();
@@ -101,40 +79,38 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
     h.settle();
     assert_eq!(h.stats().connections, 2);
     assert_eq!(h.relay.memory().partial_input, 0);
-    assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_message_dribbled_one_byte_a_second_is_closed_1008_at_the_message_deadline() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "dribble");
+    let (mut binary, mut phone, conn_id) = h.pair("dribble");
     let frame = masked_frame(0x1, true, &[b'1'; 60]);
     for byte in &frame[..29] {
         phone.send_raw(&mut h, std::slice::from_ref(byte));
-        h.advance(SECOND);
+        h.advance(secs(1));
         phone.assert_no_data(&mut h);
     }
     // The first byte came 29 s ago; the 30th second ends the message.
     phone.send_raw(&mut h, &frame[29..30]);
-    h.advance(SECOND);
-    let (code, reason) = phone.recv_close(&mut h);
-    assert_eq!((code, reason.as_str()), (Some(1008), "message timeout"));
+    h.advance(secs(1));
+    phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
 }
 
 #[test]
 fn a_message_dribbled_as_tiny_fragments_is_closed_1008_at_the_message_deadline() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "fragments");
+    let (mut binary, mut phone, conn_id) = h.pair("fragments");
     phone.send_frame(&mut h, 0x1, false, b"[");
     for _ in 0..29 {
-        h.advance(SECOND);
+        h.advance(secs(1));
         phone.send_frame(&mut h, 0x0, false, b"1,");
         phone.assert_no_data(&mut h);
     }
-    h.advance(SECOND);
-    let (code, reason) = phone.recv_close(&mut h);
-    assert_eq!((code, reason.as_str()), (Some(1008), "message timeout"));
+    h.advance(secs(1));
+    phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
 }
 
@@ -148,7 +124,7 @@ fn garbage_after_a_valid_upgrade_is_closed_1002() {
     assert_eq!(status, 101);
     expect_close_code(&mut h, &mut binary, 1002);
     // …and later, from a phone.
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "garbage-2");
+    let (mut binary, mut phone, conn_id) = h.pair("garbage-2");
     phone.send_raw(&mut h, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
     expect_close_code(&mut h, &mut phone, 1002);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1002));
@@ -157,7 +133,7 @@ fn garbage_after_a_valid_upgrade_is_closed_1002() {
 #[test]
 fn unmasked_client_frames_are_closed_1002() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, _) = pair(&mut h, "unmasked");
+    let (mut binary, mut phone, _) = h.pair("unmasked");
     phone.send_raw(&mut h, b"\x81\x07{\"a\":1}");
     expect_close_code(&mut h, &mut phone, 1002);
     binary.recv_text(&mut h); // the close notice
@@ -187,13 +163,13 @@ fn reserved_bits_and_unknown_opcodes_are_closed_1002() {
         binary.recv_text(&mut h); // the close notice
     }
     let (mut phone, conn_id) = h.phone_with_id("reserved", &mut binary);
-    assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
     let mut h = Harness::new();
-    let (_binary, mut phone, _) = pair(&mut h, "huge");
+    let (_binary, mut phone, _) = h.pair("huge");
     let mut header = vec![0x82, 0x80 | 127];
     header.extend_from_slice(&(1u64 << 63).to_be_bytes());
     header.extend_from_slice(&[1, 2, 3, 4]);
@@ -216,7 +192,7 @@ fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
 #[test]
 fn fragmented_or_oversized_control_frames_are_closed_1002() {
     let mut h = Harness::new();
-    let (mut binary, mut keeper, keeper_id) = pair(&mut h, "control");
+    let (mut binary, mut keeper, keeper_id) = h.pair("control");
     let cases = [
         masked_frame(0x9, false, b"p"),
         masked_frame(0xA, false, b"p"),
@@ -255,7 +231,7 @@ fn a_continuation_without_a_start_and_a_start_inside_a_message_are_closed_1002()
 #[test]
 fn invalid_utf8_in_text_is_closed_1007() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "utf8");
+    let (mut binary, mut phone, conn_id) = h.pair("utf8");
     phone.send_text(&mut h, b"\"\xff\"");
     expect_close_code(&mut h, &mut phone, 1007);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1007));
@@ -286,8 +262,8 @@ fn invalid_utf8_in_text_is_closed_1007() {
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     let mut h = Harness::new();
-    let limit = output_read_limit(&Config::default());
-    let (mut binary, mut sibling, sibling_id) = pair(&mut h, "pings");
+    let limit = Config::default().output_read_limit();
+    let (mut binary, mut sibling, sibling_id) = h.pair("pings");
     let mut flooder = h.phone("pings");
     flooder.set_relay_send_buffer(4096);
     let ping = masked_frame(0x9, true, &[b'p'; 125]);
@@ -307,12 +283,12 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     let memory = h.relay.memory();
     // …once the pongs it owes passed its read-pause limit.
     assert!(
-        memory.largest_queue > limit - 64 * 1024,
+        memory.largest_queue > limit - READ_CHUNK,
         "never reached the limit: {memory:?}"
     );
     assert!(memory.largest_queue <= limit + 1024, "{memory:?}");
     // The sibling and the binary are unaffected.
-    assert_pair_works(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     // Output that makes no progress for --write-timeout drops the flooder.
     h.advance(Duration::from_secs(10));
     assert!(flooder.is_closed(&mut h));
@@ -320,13 +296,13 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     assert!(notice.ends_with(r#""close_code":1001}"#), "{notice}");
     assert!(h.relay.memory().largest_queue < 1024);
     assert_eq!(h.stats().phones, 1);
-    assert_pair_works(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_million_tiny_frames_make_one_message() {
     let mut h = Harness::new();
-    let (mut binary, mut phone, conn_id) = pair(&mut h, "tiny");
+    let (mut binary, mut phone, conn_id) = h.pair("tiny");
     let mut stream = masked_frame(0x1, false, b"[");
     let empty = masked_frame(0x0, false, b"");
     for _ in 0..999_998 {
@@ -341,14 +317,13 @@ fn a_million_tiny_frames_make_one_message() {
         (0, 0),
         "{memory:?}"
     );
-    assert_pair_works(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
     let mut h = Harness::new();
-    let mut binary = h.binary("backlog");
-    let (mut slow, slow_id) = h.phone_with_id("backlog", &mut binary);
+    let (mut binary, mut slow, slow_id) = h.pair("backlog");
     let (mut sibling, sibling_id) = h.phone_with_id("backlog", &mut binary);
     slow.set_relay_send_buffer(4096);
     let filler = "x".repeat(32 * 1024);
@@ -367,7 +342,7 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
     };
     assert_eq!(notice, close_notice(&slow_id, 1011));
     assert!(h.relay.memory().largest_queue <= Config::default().phone_backlog + 1024);
-    assert_pair_works(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     // The slow phone gets every frame queued before the close, in order.
     let mut seq = 0;
     let (code, reason) = loop {
@@ -381,7 +356,10 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!((code, reason.as_str()), (Some(1011), "phone backlog full"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (Some(BACKLOG_FULL.0), BACKLOG_FULL.1)
+    );
     assert!(seq > 0 && seq < sent_to_slow);
 }
 
@@ -422,7 +400,7 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
     // The relay stopped taking the phones' messages once the binary's
     // queue passed high water, and never queued more than one message
     // beyond it.
-    let forwarded = forwarded_phone_to_binary(&h);
+    let forwarded = h.forwarded_phone_to_binary();
     assert!(
         forwarded < 16 + 16 * MESSAGES as u64,
         "every message was taken: no backpressure"
@@ -431,7 +409,7 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
     assert!(peak <= bound, "{peak} bytes queued for the binary");
     let memory = h.relay.memory();
     assert!(
-        memory.partial_input <= 16 * (64 * 1024 + config.max_message_size + 14),
+        memory.partial_input <= 16 * (READ_CHUNK + config.max_message_size + 14),
         "{memory:?}"
     );
     assert_eq!(h.stats().phones, 16);
@@ -466,17 +444,8 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
         );
     }
     assert_eq!(next, vec![MESSAGES; 16]);
-    assert_eq!(forwarded_phone_to_binary(&h), 16 + 16 * MESSAGES as u64);
+    assert_eq!(h.forwarded_phone_to_binary(), 16 + 16 * MESSAGES as u64);
     assert_eq!(h.stats().phones, 16);
-}
-
-fn forwarded_phone_to_binary(h: &Harness) -> u64 {
-    let text = h.relay.metrics_text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("frames_forwarded_total{direction=\"phone_to_binary\"}"))
-        .expect("the forwarded-frames metric");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// One round of the phones writing what they can; returns bytes written.
@@ -498,8 +467,8 @@ fn pump(
 #[test]
 fn envelopes_forged_for_another_server_ids_phones_are_dropped() {
     let mut h = Harness::new();
-    let (mut mallory, mut own_phone, own_id) = pair(&mut h, "mallory");
-    let (mut binary, mut victim, victim_id) = pair(&mut h, "victim");
+    let (mut mallory, mut own_phone, own_id) = h.pair("mallory");
+    let (mut binary, mut victim, victim_id) = h.pair("victim");
     mallory.send_text(&mut h, &envelope(&victim_id, br#"{"forged":true}"#));
     mallory.send_text(
         &mut h,
@@ -509,10 +478,9 @@ fn envelopes_forged_for_another_server_ids_phones_are_dropped() {
         &mut h,
         &envelope("client-victim-00000000000000000000000000000000", b"1"),
     );
-    victim.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut victim, &mut binary]);
     // Nobody was closed: mallory keeps its own phone, the victim its binary.
-    assert_pair_works(&mut h, &mut mallory, &mut own_phone, &own_id);
-    assert_pair_works(&mut h, &mut binary, &mut victim, &victim_id);
+    assert_routes(&mut h, &mut mallory, &mut own_phone, &own_id);
+    assert_routes(&mut h, &mut binary, &mut victim, &victim_id);
     assert_eq!(h.stats().phones, 2);
 }

@@ -12,39 +12,6 @@ use common::*;
 
 const SID: &str = "liveness-srv";
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn millis(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Answers every ping `client` has received so far with a pong carrying
-/// the same payload; returns how many there were. Any other frame fails.
-/// Ends with a ping round trip, so the relay has read the pongs before
-/// the test moves time on.
-fn answer_pings(h: &mut Harness, client: &mut Client) -> usize {
-    const MARK: &[u8] = b"liveness-round-trip";
-    client.wait_received(h);
-    let mut pings = 0;
-    while let Some(msg) = client.try_recv(h) {
-        match msg {
-            Msg::Ping(payload) => {
-                client.send_pong(h, &payload);
-                pings += 1;
-            }
-            other => panic!("expected only pings, got {other:?}"),
-        }
-    }
-    client.send_ping(h, MARK);
-    match client.recv(h) {
-        Msg::Pong(payload) if payload == MARK => {}
-        other => panic!("expected the round-trip pong, got {other:?}"),
-    }
-    pings
-}
-
 /// Asserts that nothing at all arrived (not even a ping) and the
 /// connection is open.
 fn assert_silent(h: &mut Harness, client: &mut Client) {
@@ -71,22 +38,37 @@ fn assert_open(h: &mut Harness, client: &mut Client) -> usize {
     pings
 }
 
+/// Moves time on by `by`, then asserts `client` got nothing at all, with
+/// `binary` (if any) answering its pings.
+fn advance_silent(h: &mut Harness, by: Duration, client: &mut Client, binary: Option<&mut Client>) {
+    h.advance(by);
+    assert_silent(h, client);
+    if let Some(binary) = binary {
+        binary.answer_pings(h);
+    }
+}
+
+/// Moves time on to 10 ms before a deadline (`left` before it), asserts
+/// `client` is still open with `pings` pings, then to the deadline, where
+/// the next data frame must be `close`.
+fn closes_at_deadline(
+    h: &mut Harness,
+    client: &mut Client,
+    left: Duration,
+    pings: usize,
+    close: (u16, &str),
+) {
+    h.advance(left - millis(10));
+    assert_eq!(assert_open(h, client), pings, "pings before the deadline");
+    h.advance(millis(10));
+    client.expect_close_frame(h, close);
+}
+
 /// Sends raw bytes and waits until the relay has them, so that time
 /// moved next is measured from their arrival.
 fn send_now(h: &mut Harness, client: &mut Client, bytes: &[u8]) {
     client.send_raw(h, bytes);
     client.wait_delivered(h);
-}
-
-/// Waits (without moving relay time) until `done` holds.
-fn eventually(h: &mut Harness, what: &str, mut done: impl FnMut(&mut Harness) -> bool) {
-    for _ in 0..20_000 {
-        if done(h) {
-            return;
-        }
-        h.turn(Duration::from_millis(1));
-    }
-    panic!("never happened: {what}");
 }
 
 /// Moves time forward by `total` in steps of `step`; after each step the
@@ -103,19 +85,14 @@ fn advance_answering(
         h.advance(step);
         gone += step;
         for (client, count) in responsive.iter_mut().zip(counts.iter_mut()) {
-            *count += answer_pings(h, client);
+            *count += client.answer_pings(h);
         }
     }
     counts
 }
 
-/// The close notice the binary gets when a phone's connection ends.
-fn notice(conn_id: &str, code: u16) -> Vec<u8> {
-    format!("{{\"conn_id\":\"{conn_id}\",\"close_code\":{code}}}").into_bytes()
-}
-
 /// The header of a masked client frame announcing `len` payload bytes,
-/// with the fixed mask of [`masked_frame`].
+/// with the fixed mask of [`masked_frame`], and the masked payload.
 fn frame_prefix(opcode: u8, fin: bool, len: usize) -> (Vec<u8>, Vec<u8>) {
     let payload = vec![b'x'; len];
     let frame = masked_frame(opcode, fin, &payload);
@@ -130,22 +107,16 @@ fn frame_prefix(opcode: u8, fin: bool, len: usize) -> (Vec<u8>, Vec<u8>) {
 #[test]
 fn a_silent_phone_is_pinged_at_30s_and_closed_1011_at_60s() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
-    h.advance(secs(29));
-    assert_silent(&mut h, &mut phone);
-    h.advance(millis(990));
-    assert_silent(&mut h, &mut phone);
+    advance_silent(&mut h, secs(29), &mut phone, None);
+    advance_silent(&mut h, millis(990), &mut phone, None);
     h.advance(millis(10));
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()), "ping at 30 s");
-    answer_pings(&mut h, &mut binary);
+    binary.answer_pings(&mut h);
 
-    h.advance(secs(29));
-    assert_silent(&mut h, &mut phone);
-    answer_pings(&mut h, &mut binary);
-    h.advance(millis(990));
-    assert_silent(&mut h, &mut phone);
+    advance_silent(&mut h, secs(29), &mut phone, Some(&mut binary));
+    advance_silent(&mut h, millis(990), &mut phone, None);
     assert_eq!(h.stats().phones, 1);
 
     h.advance(millis(10));
@@ -156,7 +127,7 @@ fn a_silent_phone_is_pinged_at_30s_and_closed_1011_at_60s() {
     );
     assert_eq!(h.stats().phones, 0);
     // The binary, which answered its pings, stays and learns about it.
-    assert_eq!(binary.recv_text(&mut h), notice(&conn_id, 1011));
+    assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1011));
     assert_eq!(h.stats().binaries, 1);
 }
 
@@ -165,19 +136,14 @@ fn a_silent_binary_is_pinged_at_30s_and_closed_1011_at_60s() {
     let mut h = Harness::new();
     let mut binary = h.binary(SID);
 
-    h.advance(secs(29));
-    assert_silent(&mut h, &mut binary);
+    advance_silent(&mut h, secs(29), &mut binary, None);
     h.advance(secs(1));
     assert_eq!(binary.recv(&mut h), Msg::Ping(Vec::new()), "ping at 30 s");
 
-    h.advance(secs(29));
-    assert_silent(&mut h, &mut binary);
+    advance_silent(&mut h, secs(29), &mut binary, None);
     assert_eq!(h.stats().binaries, 1);
     h.advance(secs(1));
-    assert_eq!(
-        binary.expect_closed_by_relay(&mut h),
-        (Some(1011), "heartbeat timeout".into())
-    );
+    binary.expect_closed(&mut h, HEARTBEAT_TIMEOUT);
     assert_eq!(h.stats().binaries, 0);
     binary.hang_up(&mut h);
     assert_eq!(h.stats().connections, 0);
@@ -186,95 +152,79 @@ fn a_silent_binary_is_pinged_at_30s_and_closed_1011_at_60s() {
 #[test]
 fn peers_that_answer_every_ping_stay_up_for_ten_minutes() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     let pings = advance_answering(&mut h, secs(600), secs(5), &mut [&mut binary, &mut phone]);
     // One ping every 30 s, each with an empty payload.
     assert_eq!(pings, vec![20, 20]);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
-
-    phone.send_text(&mut h, b"[1]");
-    assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, b"[1]"));
-    binary.send_text(&mut h, &envelope(&conn_id, b"[2]"));
-    assert_eq!(phone.recv_text(&mut h), b"[2]".to_vec());
+    assert_eq!(h.peers(), (1, 1));
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_late_pong_still_counts_and_the_next_ping_gets_its_own_30s() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, _conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, _) = h.pair(SID);
 
     h.advance(secs(30));
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()));
-    answer_pings(&mut h, &mut binary);
+    binary.answer_pings(&mut h);
     h.advance(secs(29));
     phone.send_pong(&mut h, b"");
     phone.wait_delivered(&mut h);
-    answer_pings(&mut h, &mut binary);
+    binary.answer_pings(&mut h);
 
     // The pong at 59 s answered the ping of 30 s: no close at 60 s, but
     // the next ping.
     h.advance(secs(1));
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()), "ping at 60 s");
     assert_open(&mut h, &mut phone);
-    answer_pings(&mut h, &mut binary);
+    binary.answer_pings(&mut h);
 
     // That one goes unanswered: closed 30 s after it, not before.
-    h.advance(secs(29));
-    assert_silent(&mut h, &mut phone);
-    answer_pings(&mut h, &mut binary);
+    advance_silent(&mut h, secs(29), &mut phone, Some(&mut binary));
     h.advance(secs(1));
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".into())
-    );
+    phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
 }
 
 #[test]
 fn data_messages_are_not_pongs() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     // The phone chats every 10 s but never answers a ping.
     for second in (10..60).step_by(10) {
         h.advance(secs(10));
-        answer_pings(&mut h, &mut binary);
-        phone.send_text(&mut h, format!("{{\"t\":{second}}}").as_bytes());
-        assert_eq!(
-            binary.recv_text(&mut h),
-            envelope(&conn_id, format!("{{\"t\":{second}}}").as_bytes())
-        );
+        binary.answer_pings(&mut h);
+        let message = format!("{{\"t\":{second}}}").into_bytes();
+        phone.send_text(&mut h, &message);
+        assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, &message));
     }
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()));
     h.advance(secs(9));
     assert_open(&mut h, &mut phone);
     h.advance(secs(1));
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".into())
-    );
+    phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
+}
+
+/// A phone of a binary that answers its pings is closed for its own
+/// silence at 60 s; returns the three after the binary got the notice.
+fn phone_closed_by_heartbeat(h: &mut Harness) -> (Client, Client, String) {
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
+    h.advance(secs(30));
+    binary.answer_pings(h);
+    h.advance(secs(30));
+    phone.expect_close_frame(h, HEARTBEAT_TIMEOUT);
+    assert_eq!(binary.recv_text(h), close_notice(&conn_id, 1011));
+    binary.answer_pings(h);
+    assert_eq!(h.stats().phones, 0);
+    (binary, phone, conn_id)
 }
 
 #[test]
 fn a_relay_close_waits_for_the_peers_close_at_most_write_timeout() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
-
-    h.advance(secs(30));
-    answer_pings(&mut h, &mut binary);
-    h.advance(secs(30));
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".into())
-    );
-    assert_eq!(binary.recv_text(&mut h), notice(&conn_id, 1011));
-    answer_pings(&mut h, &mut binary);
-    assert_eq!(h.stats().phones, 0);
+    let (_binary, mut phone, _) = phone_closed_by_heartbeat(&mut h);
 
     // The phone never answers the close: the socket stays until the
     // close-handshake wait (write_timeout, 10 s) is over, then goes.
@@ -284,24 +234,16 @@ fn a_relay_close_waits_for_the_peers_close_at_most_write_timeout() {
     h.advance(millis(990));
     assert!(!phone.is_closed(&mut h), "dropped before write_timeout");
     h.advance(millis(10));
-    eventually(&mut h, "dropped at write_timeout", |h| phone.is_closed(h));
+    h.eventually("dropped at write_timeout", |h| phone.is_closed(h));
     assert_eq!(h.stats().connections, 1);
 }
 
 #[test]
 fn a_relay_close_that_is_answered_ends_the_socket_at_once() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, _conn_id) = h.phone_with_id(SID, &mut binary);
-
-    h.advance(secs(30));
-    answer_pings(&mut h, &mut binary);
-    h.advance(secs(30));
+    let (_binary, mut phone, _) = phone_closed_by_heartbeat(&mut h);
     // Echo the close and see EOF without any more relay time passing.
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(1011), "heartbeat timeout".into())
-    );
+    assert!(phone.echo_close(&mut h, 1011), "the echo was written");
     phone.hang_up(&mut h);
     assert_eq!(h.stats().connections, 1);
 }
@@ -313,8 +255,7 @@ fn a_relay_close_that_is_answered_ends_the_socket_at_once() {
 #[test]
 fn a_peers_ping_is_answered_with_a_pong_of_the_same_payload() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     let odd: Vec<u8> = (0..125u8).map(|i| i.wrapping_mul(37)).collect();
     for payload in [&b"phone-ping"[..], b"", &[0x00, 0xff, 0x80], &odd] {
@@ -324,8 +265,7 @@ fn a_peers_ping_is_answered_with_a_pong_of_the_same_payload() {
         assert_eq!(binary.recv(&mut h), Msg::Pong(payload.to_vec()));
     }
     // Pings are answered by the relay, never forwarded.
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut binary, &mut phone]);
     phone.send_text(&mut h, b"{}");
     assert_eq!(binary.recv(&mut h), Msg::Text(envelope(&conn_id, b"{}")));
 }
@@ -337,8 +277,7 @@ fn a_peers_ping_is_answered_with_a_pong_of_the_same_payload() {
 #[test]
 fn a_partial_frame_must_complete_within_30s_or_the_phone_is_closed_1008() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     h.advance(secs(5));
     let (header, payload) = frame_prefix(0x1, true, 1000);
@@ -346,26 +285,20 @@ fn a_partial_frame_must_complete_within_30s_or_the_phone_is_closed_1008() {
     send_now(&mut h, &mut phone, &payload[..10]);
 
     h.advance(secs(25)); // 30 s: the ping, not answered, deadline 60 s
-    answer_pings(&mut h, &mut binary);
+    binary.answer_pings(&mut h);
     h.advance(secs(4));
-    answer_pings(&mut h, &mut binary);
-    h.advance(millis(990));
-    assert_eq!(assert_open(&mut h, &mut phone), 1);
-    h.advance(millis(10)); // 35 s: 30 s after the frame began
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1008), "message timeout".into())
-    );
+    binary.answer_pings(&mut h);
+    // 35 s: 30 s after the frame began.
+    closes_at_deadline(&mut h, &mut phone, secs(1), 1, MESSAGE_TIMEOUT);
     // Nothing of the partial message was forwarded.
-    assert_eq!(binary.recv_text(&mut h), notice(&conn_id, 1008));
+    assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
     assert_eq!(h.stats().phones, 0);
 }
 
 #[test]
 fn slow_dribbling_does_not_extend_the_message_deadline() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, _conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, _) = h.pair(SID);
 
     // One header byte, then a payload byte every 5 s: the message began
     // with the first byte, and progress does not buy more time.
@@ -379,19 +312,15 @@ fn slow_dribbling_does_not_extend_the_message_deadline() {
     h.advance(secs(4)); // 29 s
     send_now(&mut h, &mut phone, &payload[5..6]);
     assert_open(&mut h, &mut phone);
-    answer_pings(&mut h, &mut binary);
+    binary.answer_pings(&mut h);
     h.advance(secs(1)); // 30 s
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1008), "message timeout".into())
-    );
+    phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
 }
 
 #[test]
 fn an_open_fragmented_message_must_complete_within_30s() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     h.advance(secs(10));
     // Complete frames, but the message stays open (no final fragment).
@@ -399,20 +328,15 @@ fn an_open_fragmented_message_must_complete_within_30s() {
     phone.wait_delivered(&mut h);
     for _ in 0..5 {
         h.advance(secs(5));
-        answer_pings(&mut h, &mut binary);
+        binary.answer_pings(&mut h);
         phone.send_frame(&mut h, 0x0, false, b"2,");
         phone.wait_delivered(&mut h);
     }
     h.advance(secs(4)); // 39 s
-    answer_pings(&mut h, &mut binary);
-    h.advance(millis(990));
-    assert_eq!(assert_open(&mut h, &mut phone), 1, "the ping of 30 s");
-    h.advance(millis(10)); // 40 s
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1008), "message timeout".into())
-    );
-    assert_eq!(binary.recv_text(&mut h), notice(&conn_id, 1008));
+    binary.answer_pings(&mut h);
+    // 40 s; the one ping is the one of 30 s.
+    closes_at_deadline(&mut h, &mut phone, secs(1), 1, MESSAGE_TIMEOUT);
+    assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
 }
 
 #[test]
@@ -423,40 +347,32 @@ fn a_binary_dribbling_a_message_is_closed_1008_too() {
     send_now(&mut h, &mut binary, &header);
     h.advance(secs(29));
     assert_eq!(assert_open(&mut h, &mut binary), 0);
-    h.advance(millis(990));
-    assert_open(&mut h, &mut binary);
-    h.advance(millis(10));
     // The ping of 30 s may come first: it was due at the same moment.
-    assert_eq!(
-        binary.recv_close(&mut h),
-        (Some(1008), "message timeout".into())
-    );
+    closes_at_deadline(&mut h, &mut binary, secs(1), 0, MESSAGE_TIMEOUT);
     assert_eq!(h.stats().binaries, 0);
 }
 
 #[test]
 fn a_message_completed_in_time_is_forwarded_and_the_next_one_gets_a_fresh_30s() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     let inner = br#"{"slow":"but in time"}"#;
     let frame = masked_frame(0x1, true, inner);
-    send_now(&mut h, &mut phone, &frame[..5]);
-    advance_answering(&mut h, secs(29), secs(1), &mut [&mut binary]);
-    h.advance(millis(990));
-    phone.send_raw(&mut h, &frame[5..]);
-    assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, inner));
+    let complete_just_in_time = |h: &mut Harness, phone: &mut Client, binary: &mut Client| {
+        send_now(h, phone, &frame[..5]);
+        // (The phone answers no ping in the middle of its frame.)
+        advance_answering(h, secs(29), secs(1), &mut [binary]);
+        h.advance(millis(990));
+        phone.send_raw(h, &frame[5..]);
+        assert_eq!(binary.recv_text(h), envelope(&conn_id, inner));
+    };
+    complete_just_in_time(&mut h, &mut phone, &mut binary);
 
     // The deadline is gone with the message: 20 s later (50 s after the
     // first one began) a second message starts and has its own 30 s.
     advance_answering(&mut h, secs(20), secs(1), &mut [&mut binary, &mut phone]);
-    send_now(&mut h, &mut phone, &frame[..5]);
-    // (The phone answers no ping in the middle of its frame.)
-    advance_answering(&mut h, secs(29), secs(1), &mut [&mut binary]);
-    h.advance(millis(990));
-    phone.send_raw(&mut h, &frame[5..]);
-    assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, inner));
+    complete_just_in_time(&mut h, &mut phone, &mut binary);
     advance_answering(&mut h, secs(5), secs(1), &mut [&mut binary, &mut phone]);
     assert_eq!(h.stats().phones, 1);
 }
@@ -464,8 +380,7 @@ fn a_message_completed_in_time_is_forwarded_and_the_next_one_gets_a_fresh_30s() 
 #[test]
 fn idle_time_between_messages_is_unbounded() {
     let mut h = Harness::new();
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     // Three hours without a data message; both answer their pings.
     let pings = advance_answering(
@@ -475,29 +390,13 @@ fn idle_time_between_messages_is_unbounded() {
         &mut [&mut binary, &mut phone],
     );
     assert_eq!(pings, vec![360, 360]);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
-
-    phone.send_text(&mut h, b"\"still here\"");
-    assert_eq!(
-        binary.recv_text(&mut h),
-        envelope(&conn_id, b"\"still here\"")
-    );
-    binary.send_text(&mut h, &envelope(&conn_id, b"\"so am I\""));
-    assert_eq!(phone.recv_text(&mut h), b"\"so am I\"".to_vec());
+    assert_eq!(h.peers(), (1, 1));
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 // ---------------------------------------------------------------------
 // Stalled output
 // ---------------------------------------------------------------------
-
-/// A JSON string frame of about `len` bytes, tagged with `i`.
-fn big_frame(i: usize, len: usize) -> Vec<u8> {
-    let mut frame = format!("\"{i:06}:").into_bytes();
-    frame.resize(len - 1, b'x');
-    frame.push(b'"');
-    frame
-}
 
 /// The binary sends `phone` (which never reads) frames until the relay
 /// holds output for it that the socket will not take; returns the frames.
@@ -507,18 +406,7 @@ fn overwhelm_phone(
     phone: &mut Client,
     conn_id: &str,
 ) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut extra = 0;
-    while extra < 8 {
-        let frame = big_frame(frames.len(), 200 * 1024);
-        binary.send_text(h, &envelope(conn_id, &frame));
-        frames.push(frame);
-        // Only the phone can hold a buffer: the binary's frames are whole.
-        if h.stats().connections_with_buffers > 0 {
-            extra += 1;
-        }
-        assert!(frames.len() < 320, "the phone's socket never filled up");
-    }
+    let frames = fill_phone_output(h, binary, conn_id, 8);
     binary.wait_delivered(h);
     phone.wait_still(h);
     assert_eq!(h.stats().connections_with_buffers, 1);
@@ -528,8 +416,7 @@ fn overwhelm_phone(
 #[test]
 fn output_that_makes_no_progress_for_write_timeout_drops_the_phone() {
     let mut h = Harness::with_config(|c| c.phone_backlog = 64 << 20);
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
     // Small fixed kernel buffers on both ends: once full they stay full
     // (no autotuning, no memory-pressure shuffling), so no byte can move.
     phone.set_recv_buffer(16 * 1024);
@@ -543,7 +430,7 @@ fn output_that_makes_no_progress_for_write_timeout_drops_the_phone() {
     assert_eq!(h.stats().phones, 1);
 
     h.advance(millis(10));
-    assert_eq!(binary.recv_text(&mut h), notice(&conn_id, 1001));
+    assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1001));
     let stats = h.stats();
     assert_eq!((stats.phones, stats.binaries), (0, 1));
     assert_eq!(stats.connections, 1);
@@ -570,39 +457,30 @@ fn read_some(client: &mut Client, limit: usize, into: &mut Vec<u8>) -> usize {
     got
 }
 
-/// The text messages among unmasked, final server frames in `bytes`
-/// (pings skipped); asserts nothing else is there and nothing is left.
-fn texts_of(bytes: &[u8]) -> Vec<Vec<u8>> {
+/// The text messages among the relay's frames in `bytes` (pings
+/// skipped); asserts nothing else is there and nothing is left.
+fn texts_of(mut bytes: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut frames = ServerFrames::default();
     let mut texts = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let (len, header) = match bytes[at + 1] & 0x7f {
-            126 => (
-                u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
-                4,
-            ),
-            127 => (
-                u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
-                10,
-            ),
-            n => (n as usize, 2),
-        };
-        let payload = &bytes[at + header..at + header + len];
-        match bytes[at] {
-            0x81 => texts.push(payload.to_vec()),
-            0x89 => {}
-            other => panic!("unexpected frame byte {other:#x}"),
+    while let Some(msg) = frames.take(&mut bytes) {
+        match msg {
+            Msg::Text(payload) => texts.push(payload),
+            Msg::Ping(_) => {}
+            other => panic!("unexpected frame {other:?}"),
         }
-        at += header + len;
     }
+    assert_eq!(frames.pending(), 0, "bytes of a partial frame were left");
     texts
 }
 
 #[test]
 fn output_that_keeps_making_progress_is_never_dropped() {
     let mut h = Harness::with_config(|c| c.phone_backlog = 64 << 20);
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
+    // Fixed kernel buffers: without them, loopback autotuning may grow
+    // enough to take the whole backlog after one or two reads.
+    phone.set_recv_buffer(64 * 1024);
+    phone.set_relay_send_buffer(64 * 1024);
     let frames = overwhelm_phone(&mut h, &mut binary, &mut phone, &conn_id);
 
     // Every 9 s the phone reads a little (and sends a pong, since the
@@ -612,7 +490,7 @@ fn output_that_keeps_making_progress_is_never_dropped() {
     let mut rounds = 0;
     while h.stats().connections_with_buffers > 0 {
         h.advance(secs(9));
-        answer_pings(&mut h, &mut binary);
+        binary.answer_pings(&mut h);
         phone.send_pong(&mut h, b"");
         phone.wait_delivered(&mut h);
         assert!(read_some(&mut phone, 256 * 1024, &mut bytes) > 0);
@@ -622,7 +500,7 @@ fn output_that_keeps_making_progress_is_never_dropped() {
     assert!(rounds >= 3, "the test must span several write_timeouts");
     assert_eq!(h.stats().phones, 1);
     while read_some(&mut phone, usize::MAX, &mut bytes) > 0 {}
-    assert_eq!(texts_of(&bytes), frames);
+    assert_eq!(texts_of(bytes), frames);
     binary.assert_no_data(&mut h);
 }
 
@@ -676,8 +554,7 @@ fn an_upgrade_completed_within_5s_is_not_timed_out() {
     client.send_raw(&mut h, &head.as_bytes()[20..]);
     let (status, _) = client.response_head(&mut h);
     assert_eq!(status, 101);
-    h.advance(secs(20));
-    assert_silent(&mut h, &mut client);
+    advance_silent(&mut h, secs(20), &mut client, None);
     assert_eq!(h.stats().binaries, 1);
 }
 
@@ -685,30 +562,10 @@ fn an_upgrade_completed_within_5s_is_not_timed_out() {
 // Phones the relay is not reading are not blamed for silence
 // ---------------------------------------------------------------------
 
-/// Answers the pings `client` has received without waiting for the relay
-/// to read the pongs (it may not be reading this client); returns how many.
-fn answer_pings_unread(h: &mut Harness, client: &mut Client) -> usize {
-    client.wait_received(h);
-    let mut pings = 0;
-    while let Some(msg) = client.try_recv(h) {
-        match msg {
-            Msg::Ping(payload) => {
-                client.send_pong(h, &payload);
-                pings += 1;
-            }
-            other => panic!("expected only pings, got {other:?}"),
-        }
-    }
-    client.wait_delivered(h);
-    assert!(!client.is_closed(h), "connection unexpectedly closed");
-    pings
-}
-
 #[test]
 fn phones_of_a_binary_in_grace_are_not_timed_out_for_missing_pongs() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(600));
-    let mut binary = h.binary(SID);
-    let (mut phone, _conn_id) = h.phone_with_id(SID, &mut binary);
+    let (binary, mut phone, _) = h.pair(SID);
     h.advance(secs(10));
     binary.hang_up(&mut h);
     assert_eq!(h.stats().binaries, 0);
@@ -719,14 +576,14 @@ fn phones_of_a_binary_in_grace_are_not_timed_out_for_missing_pongs() {
     let mut pings = 0;
     for _ in 0..59 {
         h.advance(secs(10));
-        pings += answer_pings_unread(&mut h, &mut phone);
+        pings += phone.answer_pings_unread(&mut h);
     }
     h.advance(secs(9)); // 599 s after the binary left
-    pings += answer_pings_unread(&mut h, &mut phone);
+    pings += phone.answer_pings_unread(&mut h);
     assert_eq!(h.stats().phones, 1);
     assert!(pings >= 19, "the phone was pinged during grace ({pings})");
     h.advance(secs(1));
-    assert_eq!(phone.recv_close(&mut h), (Some(4404), "binary gone".into()));
+    phone.expect_close_frame(&mut h, BINARY_GONE);
 }
 
 /// The phone sends `bytes` (whole frames back to back) until the relay
@@ -751,26 +608,36 @@ fn push_until_paused(h: &mut Harness, phone: &mut Client, bytes: &[u8]) -> usize
     panic!("the relay read all {sent} bytes: no backpressure");
 }
 
+/// 512 frames of 64 KiB, and the masked stream of them.
+fn frames_and_stream() -> (Vec<Vec<u8>>, Vec<u8>) {
+    let frames: Vec<Vec<u8>> = (0..512).map(|i| big_frame(i, 64 * 1024)).collect();
+    let stream = frames
+        .iter()
+        .flat_map(|f| masked_frame(0x1, true, f))
+        .collect();
+    (frames, stream)
+}
+
+/// Moves time on by `by`; then `binary`, which reads nothing, sends an
+/// unsolicited pong to stay alive.
+fn keep_alive(h: &mut Harness, binary: &mut Client, by: Duration) {
+    h.advance(by);
+    binary.send_pong(h, b"");
+    binary.wait_delivered(h);
+}
+
 #[test]
 fn phones_of_a_backpressured_binary_are_not_timed_out_for_missing_pongs() {
     // No write_timeout in the way: the binary does not read for minutes.
     let mut h = Harness::with_config(|c| c.write_timeout = secs(3600));
-    let mut binary = h.binary(SID);
-    let (mut phone, conn_id) = h.phone_with_id(SID, &mut binary);
-
-    let frames: Vec<Vec<u8>> = (0..512).map(|i| big_frame(i, 64 * 1024)).collect();
-    let bytes: Vec<u8> = frames
-        .iter()
-        .flat_map(|f| masked_frame(0x1, true, f))
-        .collect();
+    let (mut binary, mut phone, conn_id) = h.pair(SID);
+    let (frames, bytes) = frames_and_stream();
     let mut sent = push_until_paused(&mut h, &mut phone, &bytes);
 
     // Five minutes in which the phone answers none of its pings; the
     // binary keeps itself alive with unsolicited pongs (it reads nothing).
     for _ in 0..30 {
-        h.advance(secs(10));
-        binary.send_pong(&mut h, b"");
-        binary.wait_delivered(&mut h);
+        keep_alive(&mut h, &mut binary, secs(10));
     }
     assert_open(&mut h, &mut phone);
     assert_eq!(h.stats().phones, 1);
@@ -801,10 +668,8 @@ fn phones_of_a_backpressured_binary_are_not_timed_out_for_missing_pongs() {
     // for the unanswered pings within one pong_timeout.
     let mut waited = Duration::ZERO;
     loop {
-        h.advance(secs(1));
+        keep_alive(&mut h, &mut binary, secs(1));
         waited += secs(1);
-        binary.send_pong(&mut h, b"");
-        binary.wait_delivered(&mut h);
         phone.wait_received(&mut h);
         if let Some(msg) = phone.try_recv(&mut h) {
             if msg == Msg::Ping(Vec::new()) {
@@ -822,9 +687,7 @@ fn phones_held_back_by_a_binary_that_leaves_are_read_again_at_once() {
     let mut h = Harness::new();
     let binary = h.binary(SID);
     let mut phone = h.phone(SID);
-    let frames: Vec<u8> = (0..512)
-        .flat_map(|i| masked_frame(0x1, true, &big_frame(i, 64 * 1024)))
-        .collect();
+    let (_, frames) = frames_and_stream();
     let sent = push_until_paused(&mut h, &mut phone, &frames);
     assert!(phone.relay_unread().unwrap_or(0) > 0);
 
@@ -840,8 +703,9 @@ fn phones_held_back_by_a_binary_that_leaves_are_read_again_at_once() {
         1,
         "the phone stays, waiting out the grace"
     );
-    assert!(!h
-        .relay
-        .metrics_text()
-        .contains("pyrycode_relay_phone_messages_dropped_total 0\n"));
+    assert_ne!(
+        h.metric("pyrycode_relay_phone_messages_dropped_total"),
+        0,
+        "the waiting messages had no binary to go to"
+    );
 }

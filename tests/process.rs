@@ -1,120 +1,19 @@
 //! End to end with the real executable (SPEC §9, §10): flags, the
 //! `listening` log line, a binary and a phone exchanging frames over
 //! loopback, `/healthz`, SIGTERM and the exit codes, and what the logs
-//! must never contain. Real time: every wait is bounded by [`WAIT`].
+//! must never contain. Real time: every wait is bounded by `WAIT`.
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
 
-use common::{envelope, masked_frame, upgrade_head, Msg, ServerFrames};
+use common::{envelope, masked_frame, upgrade_head, Msg, RelayProcess, ServerFrames, WAIT};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
-/// The longest any one step may take before the test fails.
-const WAIT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------
-// The relay process
-// ---------------------------------------------------------------------
-
-/// A running relay, its stderr collected line by line.
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    lines: Receiver<String>,
-    log: Vec<String>,
-}
-
-impl RelayProcess {
-    /// Starts the relay on a free loopback port, without `/metrics`, with
-    /// `extra` flags.
-    fn start(extra: &[&str]) -> RelayProcess {
-        let base = ["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""];
-        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-        RelayProcess::start_with(&args)
-    }
-
-    /// Starts the relay with exactly `args` and waits for its
-    /// `listening addr=…` line.
-    fn start_with(args: &[&str]) -> RelayProcess {
-        let mut child = Command::new(RELAY)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the relay");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut relay = RelayProcess {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            lines,
-            log: Vec::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match relay.lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(err) => panic!("no `listening` line ({err:?}); log: {:#?}", relay.log),
-            };
-            relay.log.push(line.clone());
-            if let Some(rest) = line.split("listening addr=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
-                relay.addr = addr.parse().expect("listening address");
-                return relay;
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    /// Waits for the process to exit (its stderr closes), keeping every
-    /// log line, and returns its status.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("the relay did not exit; log: {:#?}", self.log)
-                }
-            }
-        }
-        self.child.wait().expect("wait for the relay")
-    }
-
-    fn log_text(&self) -> String {
-        self.log.join("\n")
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs the relay with exactly `args` to its exit; returns the status,
 /// stdout and stderr. Fails (and kills it) if it is still running after
@@ -572,14 +471,9 @@ fn sample(text: &str, series: &str) -> f64 {
 fn metrics_are_scraped_over_http_with_exact_values_after_known_traffic() {
     let metrics_addr = free_loopback_addr();
     let metrics_flag = metrics_addr.to_string();
-    let mut relay = RelayProcess::start_with(&[
-        "--insecure-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        &metrics_flag,
-        "--drain-timeout",
-        "3s",
-    ]);
+    // A flag given twice takes its last value: this --metrics-listen wins.
+    let mut relay =
+        RelayProcess::start(&["--metrics-listen", &metrics_flag, "--drain-timeout", "3s"]);
     let addr = relay.addr;
     let mut binary = Ws::connect(addr, "/v1/server", &binary_headers("m-srv", "pyry/1"));
     let mut phone = Ws::connect(addr, "/v1/client", &phone_headers("m-srv", "t", "okhttp"));

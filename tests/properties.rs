@@ -175,8 +175,7 @@ proptest! {
         cuts in prop::collection::vec(1..200usize, 0..16),
     ) {
         let mut h = Harness::new();
-        let mut binary = h.binary("split");
-        let (mut phone, conn_id) = h.phone_with_id("split", &mut binary);
+        let (mut binary, mut phone, conn_id) = h.pair("split");
         let mut at = 0usize;
         for cut in cuts.iter().chain([&usize::MAX]) {
             let end = at.saturating_add(*cut).min(bytes.len());

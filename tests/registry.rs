@@ -7,36 +7,28 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
-const SECOND: Duration = Duration::from_secs(1);
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// A phone and its binary exchange one frame each way, byte-exact.
-fn assert_exchange(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
-    let up = br#"{"ping" : [1, 2, {"x":"y"}]}"#;
-    phone.send_text(h, up);
-    assert_eq!(binary.recv_text(h), envelope(conn_id, up));
-    let down = br#"{ "pong":true }"#;
-    binary.send_text(h, &envelope(conn_id, down));
-    assert_eq!(phone.recv_text(h), down.to_vec());
-}
-
-/// Asserts the next frame is the relay's conflict probe.
-fn expect_probe(h: &mut Harness, holder: &mut Client) {
+/// A second claim of "srv": it gets its 101 at once, and `holder` the
+/// relay's conflict probe.
+fn challenge(h: &mut Harness, holder: &mut Client) -> Client {
+    let challenger = h.binary("srv");
     assert_eq!(holder.recv(h), Msg::Ping(b"conflict-probe".to_vec()));
+    challenger
 }
 
-/// The `/healthz` body, as text.
-fn healthz(h: &mut Harness) -> String {
-    let (status, _, mut client) = h.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
-    assert_eq!(status, 200);
-    String::from_utf8(client.body_until_eof(h)).unwrap()
+/// `holder` answers the conflict probe: `challenger` loses (4409).
+fn answer_probe(h: &mut Harness, holder: &mut Client, challenger: &mut Client) {
+    holder.send_pong(h, b"conflict-probe");
+    assert_eq!(challenger.recv_close(h).0, Some(4409));
+}
+
+/// A binary of "srv" that left, and the phone it left behind.
+fn phone_in_grace(h: &mut Harness) -> Client {
+    let (binary, phone, _) = h.pair("srv");
+    drop(binary);
+    h.settle();
+    phone
 }
 
 // ---------------------------------------------------------------- claims
@@ -48,93 +40,71 @@ fn first_claim_wins_and_the_binary_gets_no_hello() {
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
     let (mut phone, conn_id) = h.phone_with_id("srv-a", &mut binary);
-    assert_exchange(&mut h, &mut binary, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
     // A claim of another server-id is independent.
     let mut other = h.binary("srv-b");
-    other.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut other, &mut binary]);
     assert_eq!(h.stats().binaries, 2);
 }
 
 #[test]
 fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut phone, conn_id) = h.pair("srv");
 
-    let mut newcomer = h.binary("srv"); // gets its 101 first
-    expect_probe(&mut h, &mut holder);
-    // Nothing is decided before the holder answers.
+    // The newcomer gets its 101 first; nothing is decided before the
+    // holder answers.
+    let mut newcomer = challenge(&mut h, &mut holder);
     newcomer.assert_no_data(&mut h);
     h.advance(secs(9));
     newcomer.assert_no_data(&mut h);
 
     holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(
-        newcomer.expect_closed_by_relay(&mut h),
-        (Some(4409), "server-id already claimed".to_string())
-    );
+    newcomer.expect_closed(&mut h, ALREADY_CLAIMED);
 
     // The holder and its phone are untouched, also once the probe's
     // deadline has passed.
     h.advance(secs(5));
-    holder.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
+    assert_quiet(&mut h, [&mut holder, &mut phone]);
+    assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
+    assert_eq!(h.peers(), (1, 1));
 }
 
 #[test]
 fn the_losing_challenger_is_never_read() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut phone, conn_id) = h.pair("srv");
 
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
     // While the probe runs, the newcomer's envelopes are not acted on.
     newcomer.send_text(&mut h, &envelope(&conn_id, br#"{"from":"newcomer"}"#));
     phone.assert_no_data(&mut h);
 
-    holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(newcomer.recv_close(&mut h).0, Some(4409));
+    answer_probe(&mut h, &mut holder, &mut newcomer);
     phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
+    let (mut holder, mut old_phone, _) = h.pair("srv");
 
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
 
     h.advance(secs(9));
-    holder.assert_no_data(&mut h);
-    old_phone.assert_no_data(&mut h);
-    newcomer.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut holder, &mut old_phone, &mut newcomer]);
 
-    h.advance(SECOND);
-    assert_eq!(
-        holder.expect_closed_by_relay(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
-    assert_eq!(
-        old_phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    h.advance(secs(1));
+    holder.expect_closed(&mut h, HEARTBEAT_TIMEOUT);
+    old_phone.expect_closed(&mut h, RECLAIMED);
     // The new holder gets no close notice for the old holder's phones.
     newcomer.assert_no_data(&mut h);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 0));
+    assert_eq!(h.peers(), (1, 0));
 
     let (mut new_phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut new_phone, &conn_id);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
+    assert_routes(&mut h, &mut newcomer, &mut new_phone, &conn_id);
+    assert_eq!(h.peers(), (1, 1));
 }
 
 /// The probe is answered only by a pong that echoes its payload (it
@@ -145,23 +115,21 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
 fn only_a_pong_echoing_the_probe_answers_it() {
     let mut h = Harness::new();
     let mut holder = h.binary("srv");
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
     holder.send_pong(&mut h, b"");
     holder.send_pong(&mut h, b"conflict-probe?");
     newcomer.assert_no_data(&mut h);
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut newcomer, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_taken_over_holder_does_not_open_a_grace_window() {
     let mut h = Harness::new();
     let mut holder = h.binary("srv");
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut newcomer = challenge(&mut h, &mut holder);
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
     drop(holder);
@@ -170,112 +138,84 @@ fn a_taken_over_holder_does_not_open_a_grace_window() {
     newcomer.send_pong(&mut h, b"");
     h.advance(secs(20));
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut newcomer, &mut phone, &conn_id);
     assert_eq!(h.stats().binaries, 1);
 }
 
 #[test]
 fn a_third_claim_during_the_probe_is_refused_at_once() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
-    let mut second = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let (mut holder, mut old_phone, _) = h.pair("srv");
+    let mut second = challenge(&mut h, &mut holder);
 
     let mut third = h.binary("srv");
-    assert_eq!(
-        third.expect_closed_by_relay(&mut h),
-        (Some(4409), "server-id already claimed".to_string())
-    );
+    third.expect_closed(&mut h, ALREADY_CLAIMED);
     // Only one probe was sent.
-    holder.assert_no_data(&mut h);
-    second.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut holder, &mut second]);
 
     // The running probe still decides between holder and second claimant.
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
-    assert_eq!(
-        old_phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    old_phone.expect_closed(&mut h, RECLAIMED);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
-    assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut second, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut old_phone, _) = h.phone_with_id("srv", &mut holder);
-    let mut newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let (mut holder, mut old_phone, _) = h.pair("srv");
+    let mut newcomer = challenge(&mut h, &mut holder);
 
     drop(holder);
-    assert_eq!(
-        old_phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    old_phone.expect_closed(&mut h, RECLAIMED);
     newcomer.assert_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
 
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
-    assert_exchange(&mut h, &mut newcomer, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut newcomer, &mut phone, &conn_id);
     // The probe deadline passing changes nothing.
     h.advance(secs(10));
-    newcomer.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut newcomer, &mut phone]);
     assert_eq!(h.stats().binaries, 1);
 }
 
 #[test]
 fn a_challenger_leaving_during_the_probe_leaves_the_holder_in_place() {
     let mut h = Harness::new();
-    let mut holder = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut holder);
-    let newcomer = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
-    drop(newcomer);
+    let (mut holder, mut phone, conn_id) = h.pair("srv");
+    drop(challenge(&mut h, &mut holder));
     h.settle();
 
     // A late answer and the old deadline change nothing.
     holder.send_pong(&mut h, b"conflict-probe");
     h.advance(secs(10));
-    holder.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut holder, &mut phone, &conn_id);
+    assert_quiet(&mut h, [&mut holder, &mut phone]);
+    assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
 
     // The slot is plainly held again: the next claim is probed, not refused.
-    let mut later = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
-    holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(later.recv_close(&mut h).0, Some(4409));
+    let mut later = challenge(&mut h, &mut holder);
+    answer_probe(&mut h, &mut holder, &mut later);
 }
 
 #[test]
 fn each_probe_has_its_own_deadline() {
     let mut h = Harness::new();
     let mut holder = h.binary("srv");
-    let mut first = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
-    holder.send_pong(&mut h, b"conflict-probe");
-    assert_eq!(first.recv_close(&mut h).0, Some(4409));
+    let mut first = challenge(&mut h, &mut holder);
+    answer_probe(&mut h, &mut holder, &mut first);
 
     h.advance(secs(5));
-    let mut second = h.binary("srv");
-    expect_probe(&mut h, &mut holder);
+    let mut second = challenge(&mut h, &mut holder);
     // 10 s after the first claim, 5 s into the second probe: nothing yet.
     h.advance(secs(5));
+    assert_quiet(&mut h, [&mut holder, &mut second]);
+    h.advance(millis(4_990));
     holder.assert_no_data(&mut h);
-    second.assert_no_data(&mut h);
-    h.advance(Duration::from_millis(4_990));
-    holder.assert_no_data(&mut h);
-    h.advance(Duration::from_millis(10));
-    assert_eq!(
-        holder.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
+    h.advance(millis(10));
+    holder.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
-    assert_exchange(&mut h, &mut second, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut second, &mut phone, &conn_id);
 }
 
 // ----------------------------------------------------------------- grace
@@ -283,22 +223,26 @@ fn each_probe_has_its_own_deadline() {
 #[test]
 fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
-    assert!(healthz(&mut h).contains(r#""connected_binaries":1,"connected_phones":1,"#));
+    let (binary, mut phone, _) = h.pair("srv");
+    let counts = |h: &mut Harness| {
+        let (_, value) = h.healthz();
+        (
+            value["connected_binaries"].clone(),
+            value["connected_phones"].clone(),
+        )
+    };
+    assert_eq!(counts(&mut h), (1.into(), 1.into()));
 
     drop(binary);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (0, 1));
-    assert!(healthz(&mut h).contains(r#""connected_binaries":0,"connected_phones":1,"#));
+    assert_eq!(h.peers(), (0, 1));
+    assert_eq!(h.counts(), (0, 1));
     phone.assert_no_data(&mut h);
 }
 
 #[test]
 fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (mut phone1, _) = h.phone_with_id("srv", &mut binary);
+    let (mut binary, mut phone1, _) = h.pair("srv");
     let (mut phone2, _) = h.phone_with_id("srv", &mut binary);
 
     binary.send_close(&mut h, 1000, "");
@@ -307,21 +251,16 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     assert_eq!(h.stats().binaries, 0);
 
     h.advance(secs(29));
-    phone1.assert_no_data(&mut h);
-    phone2.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut phone1, &mut phone2]);
 
     // Reclaim: accepted at once, no probe, the old phones are closed.
     let mut restarted = h.binary("srv");
     for phone in [&mut phone1, &mut phone2] {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(4404), "binary reclaimed server-id".to_string())
-        );
+        phone.expect_closed(&mut h, RECLAIMED);
     }
     // No close notices for phones of the previous binary.
     restarted.assert_no_data(&mut h);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 0));
+    assert_eq!(h.peers(), (1, 0));
 
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut restarted);
     // The old grace timer (due at 30 s) must not free the reclaimed slot.
@@ -329,38 +268,27 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     restarted.send_pong(&mut h, b"");
     phone.send_pong(&mut h, b"");
     phone.assert_no_data(&mut h);
-    assert_exchange(&mut h, &mut restarted, &mut phone, &conn_id);
+    assert_routes(&mut h, &mut restarted, &mut phone, &conn_id);
 }
 
 #[test]
 fn grace_expires_after_exactly_the_grace_period() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
-    drop(binary);
-    h.settle();
+    let mut phone = phone_in_grace(&mut h);
 
     h.advance(secs(29));
     phone.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
-    h.advance(SECOND);
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
+    h.advance(secs(1));
+    phone.expect_closed(&mut h, BINARY_GONE);
     assert_eq!(h.stats().phones, 0);
 
     // The slot is free: a new phone finds no server, a new binary is fresh.
-    let (status, _, mut late) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        late.expect_closed_by_relay(&mut h),
-        (Some(4404), "no server with that id".to_string())
-    );
-    let mut fresh = h.binary("srv");
-    let (mut phone, conn_id) = h.phone_with_id("srv", &mut fresh);
-    assert_exchange(&mut h, &mut fresh, &mut phone, &conn_id);
+    let mut late = h.phone("srv");
+    late.expect_closed(&mut h, NO_SERVER);
+    let (mut fresh, mut phone, conn_id) = h.pair("srv");
+    assert_routes(&mut h, &mut fresh, &mut phone, &conn_id);
 }
 
 #[test]
@@ -370,18 +298,14 @@ fn a_phone_arriving_during_grace_is_accepted_then_closed_on_expiry() {
     drop(binary);
     h.advance(secs(10));
 
-    let (status, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone = h.phone("srv");
     phone.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
     h.advance(secs(19));
     phone.assert_no_data(&mut h);
-    h.advance(SECOND);
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
+    h.advance(secs(1));
+    phone.expect_closed(&mut h, BINARY_GONE);
 }
 
 #[test]
@@ -391,24 +315,17 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
     drop(binary);
     h.advance(secs(5));
 
-    let (status, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone = h.phone("srv");
     // Read during grace: its pings are answered, but its messages have no
     // binary to go to (the next one closes it anyway) and are not queued.
     phone.send_text(&mut h, br#"{"early":1}"#);
     phone.send_ping(&mut h, b"still-there?");
     assert_eq!(phone.recv(&mut h), Msg::Pong(b"still-there?".to_vec()));
     phone.assert_no_data(&mut h);
-    assert!(h
-        .relay
-        .metrics_text()
-        .contains("pyrycode_relay_phone_messages_dropped_total 1"));
+    assert_eq!(h.metric("pyrycode_relay_phone_messages_dropped_total"), 1);
 
     let mut restarted = h.binary("srv");
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    phone.expect_closed(&mut h, RECLAIMED);
     // The new binary never sees the stale phone's messages nor a notice.
     restarted.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
@@ -417,8 +334,7 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
 #[test]
 fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv");
-    let (phone, _) = h.phone_with_id("srv", &mut binary);
+    let (mut binary, phone, _) = h.pair("srv");
     let (mut stays, _) = h.phone_with_id("srv", &mut binary);
     drop(binary);
     h.advance(secs(3));
@@ -437,33 +353,26 @@ fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
 fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
     let mut h = Harness::new();
     // t=0: the first binary leaves; its grace timer is due at 30 s.
-    let mut first = h.binary("srv");
-    let (mut phone1, _) = h.phone_with_id("srv", &mut first);
+    let (first, mut phone1, _) = h.pair("srv");
     drop(first);
     h.settle();
 
     // t=10: reclaimed.
     h.advance(secs(10));
     let mut second = h.binary("srv");
-    assert_eq!(
-        phone1.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    phone1.expect_closed(&mut h, RECLAIMED);
     let (mut phone2, _) = h.phone_with_id("srv", &mut second);
 
     // t=20: the second binary leaves; its grace window ends at 50 s.
     h.advance(secs(10));
     drop(second);
     h.settle();
-    let (status, _, mut phone3) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    let mut phone3 = h.phone("srv");
 
     // t=31: the first timer has fired and must have been ignored.
     h.advance(secs(11));
-    phone2.assert_no_data(&mut h);
-    phone3.assert_no_data(&mut h);
-    let (status, _, mut phone4) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
+    assert_quiet(&mut h, [&mut phone2, &mut phone3]);
+    let mut phone4 = h.phone("srv");
     phone4.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 3);
 
@@ -473,19 +382,16 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
         phone.assert_no_data(&mut h);
     }
     // t=50: the second window ends.
-    h.advance(SECOND);
+    h.advance(secs(1));
     for phone in [&mut phone2, &mut phone3, &mut phone4] {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(4404), "binary gone".to_string())
-        );
+        phone.expect_closed(&mut h, BINARY_GONE);
     }
     assert_eq!(h.stats().phones, 0);
 }
 
 #[test]
 fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
-    let mut h = Harness::with_config(|c| c.ping_interval = Duration::from_secs(3600));
+    let mut h = Harness::with_config(|c| c.ping_interval = secs(3600));
     let first = h.binary("srv");
     drop(first);
     h.advance(secs(29));
@@ -493,53 +399,35 @@ fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
     h.settle();
     drop(second);
     h.settle();
-    let (_, _, mut phone) = h.upgrade("/v1/client", &phone_headers("srv"));
+    let mut phone = h.phone("srv");
     // 29 s into the new window (58 s after the first release): still open.
     h.advance(secs(29));
     phone.assert_no_data(&mut h);
-    h.advance(SECOND);
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
+    h.advance(secs(1));
+    phone.expect_closed(&mut h, BINARY_GONE);
 }
 
 #[test]
 fn a_phone_waiting_out_a_long_grace_stays_while_it_answers_pings() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(300));
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
-    drop(binary);
+    let mut phone = phone_in_grace(&mut h);
     for _ in 0..29 {
         h.advance(secs(10));
-        while let Some(msg) = phone.try_recv(&mut h) {
-            let Msg::Ping(payload) = msg else {
-                panic!("unexpected {msg:?}");
-            };
-            phone.send_pong(&mut h, &payload);
-        }
+        phone.answer_pings_unread(&mut h);
     }
     assert_eq!(h.stats().phones, 1);
     let _restarted = h.binary("srv");
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(4404), "binary reclaimed server-id".to_string())
-    );
+    phone.expect_close_frame(&mut h, RECLAIMED);
 }
 
 #[test]
 fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(300));
-    let mut binary = h.binary("srv");
-    let (mut phone, _) = h.phone_with_id("srv", &mut binary);
-    drop(binary);
+    let mut phone = phone_in_grace(&mut h);
     h.advance_in_steps(secs(59), secs(1));
     assert_eq!(h.stats().phones, 1);
     h.advance(secs(1));
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
+    phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     assert_eq!(h.stats().phones, 0);
 }
 
@@ -549,12 +437,8 @@ fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
 fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
     let mut h = Harness::new();
     let mut other = h.binary("srv-other");
-    let (status, head, mut phone) = h.upgrade("/v1/client", &phone_headers("srv-missing"));
-    assert_eq!(status, 101, "{head}");
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(4404), "no server with that id".to_string())
-    );
+    let mut phone = h.phone("srv-missing");
+    phone.expect_closed(&mut h, NO_SERVER);
     assert_eq!(h.stats().phones, 0);
     other.assert_no_data(&mut h);
 }
@@ -562,29 +446,23 @@ fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
 #[test]
 fn the_phone_cap_refuses_with_4429() {
     let mut h = Harness::with_config(|c| c.max_phones_per_server = 2);
-    let mut binary = h.binary("srv");
-    let (mut phone1, _) = h.phone_with_id("srv", &mut binary);
+    let (mut binary, mut phone1, _) = h.pair("srv");
     let (mut phone2, id2) = h.phone_with_id("srv", &mut binary);
 
-    let (status, _, mut third) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        third.expect_closed_by_relay(&mut h),
-        (Some(4429), "too many phones for server-id".to_string())
-    );
+    let mut third = h.phone("srv");
+    third.expect_closed(&mut h, TOO_MANY_PHONES);
     // A refused phone was never the binary's: no notice.
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 2);
 
     // The cap is per server-id.
-    let mut elsewhere = h.binary("srv-2");
-    let (_p, _) = h.phone_with_id("srv-2", &mut elsewhere);
+    let (_elsewhere, _p, _) = h.pair("srv-2");
 
     // A free place is taken again.
     phone2.send_close(&mut h, 1000, "");
     assert_eq!(binary.recv_text(&mut h), close_notice(&id2, 1000));
     let (mut phone3, id3) = h.phone_with_id("srv", &mut binary);
-    assert_exchange(&mut h, &mut binary, &mut phone3, &id3);
+    assert_routes(&mut h, &mut binary, &mut phone3, &id3);
     phone1.assert_no_data(&mut h);
 }
 
@@ -596,12 +474,8 @@ fn the_default_phone_cap_is_16() {
     for _ in 0..16 {
         phones.push(h.phone_with_id("srv", &mut binary));
     }
-    let (status, _, mut extra) = h.upgrade("/v1/client", &phone_headers("srv"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        extra.expect_closed_by_relay(&mut h),
-        (Some(4429), "too many phones for server-id".to_string())
-    );
+    let mut extra = h.phone("srv");
+    extra.expect_closed(&mut h, TOO_MANY_PHONES);
     assert_eq!(h.stats().phones, 16);
 }
 

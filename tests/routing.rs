@@ -20,31 +20,13 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A binary with `n` phones of server-id `sid`, and their conn_ids.
-fn server_with_phones(h: &mut Harness, sid: &str, n: usize) -> (Client, Vec<(Client, String)>) {
-    let mut binary = h.binary(sid);
-    let phones = (0..n).map(|_| h.phone_with_id(sid, &mut binary)).collect();
-    (binary, phones)
-}
-
-/// The binary still serves `phone`: one frame each way lands byte-exact.
-fn assert_still_routes(h: &mut Harness, binary: &mut Client, phone: &mut Client, conn_id: &str) {
-    let down = br#"{"still":"here", "n" : [1,2]}"#;
-    binary.send_text(h, &envelope(conn_id, down));
-    assert_eq!(phone.recv_text(h), down.to_vec());
-    let up = br#"{"and":"back"}"#;
-    phone.send_text(h, up);
-    assert_eq!(binary.recv_text(h), envelope(conn_id, up));
-}
-
 // ------------------------------------------------ the ticket's five scenarios
 
 #[test]
 fn ticket_1_an_envelope_reaches_only_its_phone_byte_exact() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut other, _) = phones.pop().unwrap();
-    let (mut phone, conn_id) = phones.pop().unwrap();
+    let (mut binary, mut phone, conn_id) = h.pair("srv");
+    let (mut other, _) = h.phone_with_id("srv", &mut binary);
 
     let inner: &[u8] = b"{ \"v\" : 2,\n\t\"type\":\"noise_msg\" ,\"data\":\"q83vEjRW\\u00e9\\\"\",\
         \"nested\":{\"a\":[1, 2.50, -0.0, 1e+10, {\"b\" :null}], \"c\":  {}},\"s\":\"\xc3\xa9\xf0\x9f\x98\x80\"  }";
@@ -59,8 +41,7 @@ fn ticket_1_an_envelope_reaches_only_its_phone_byte_exact() {
     binary.send_text(&mut h, &env);
 
     assert_eq!(phone.recv(&mut h), Msg::Text(inner.to_vec()));
-    other.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut other, &mut binary]);
 
     // Scalars are frames too, delivered as their JSON text.
     for scalar in [&b"\"just a string\""[..], b"42", b"true", b"[ ]"] {
@@ -73,9 +54,8 @@ fn ticket_1_an_envelope_reaches_only_its_phone_byte_exact() {
 #[test]
 fn ticket_2_two_phones_each_get_only_their_own() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut p2, id2) = phones.pop().unwrap();
-    let (mut p1, id1) = phones.pop().unwrap();
+    let (mut binary, mut p1, id1) = h.pair("srv");
+    let (mut p2, id2) = h.phone_with_id("srv", &mut binary);
     assert_ne!(id1, id2);
 
     let mut both = envelope(&id1, br#"{"for":"one"}"#);
@@ -98,15 +78,13 @@ fn ticket_2_two_phones_each_get_only_their_own() {
         br#"{"for":"one","again":true}"#.to_vec()
     );
     assert_eq!(p2.recv_text(&mut h), br#"{"for":"two"}"#.to_vec());
-    p1.assert_no_data(&mut h);
-    p2.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut p1, &mut p2]);
 }
 
 #[test]
 fn ticket_3_an_unknown_conn_id_is_dropped_and_the_binary_keeps_reading() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, conn_id) = phones.pop().unwrap();
+    let (mut binary, mut phone, conn_id) = h.pair("srv");
 
     let unknown = "client-srv-00000000000000000000000000000000";
     binary.send_text(&mut h, &envelope(unknown, br#"{"lost":true}"#));
@@ -114,8 +92,7 @@ fn ticket_3_an_unknown_conn_id_is_dropped_and_the_binary_keeps_reading() {
         &mut h,
         format!(r#"{{"conn_id":"{unknown}","close_code":4401}}"#).as_bytes(),
     );
-    phone.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut phone, &mut binary]);
 
     binary.send_text(&mut h, &envelope(&conn_id, br#"{"lands":true}"#));
     assert_eq!(phone.recv_text(&mut h), br#"{"lands":true}"#.to_vec());
@@ -126,7 +103,7 @@ fn ticket_3_an_unknown_conn_id_is_dropped_and_the_binary_keeps_reading() {
 #[test]
 fn ticket_4_a_binary_disconnect_schedules_the_grace_release() {
     let mut h = Harness::new();
-    let (binary, mut phones) = server_with_phones(&mut h, "srv", 2);
+    let (binary, mut phones) = h.server_with_phones("srv", 2);
     drop(binary);
     assert_eq!(h.stats().binaries, 0);
 
@@ -136,10 +113,7 @@ fn ticket_4_a_binary_disconnect_schedules_the_grace_release() {
     }
     h.advance(SECOND);
     for (phone, _) in phones.iter_mut() {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(4404), "binary gone".to_string())
-        );
+        phone.expect_closed(&mut h, BINARY_GONE);
     }
     assert_eq!(h.stats().phones, 0);
 }
@@ -147,25 +121,16 @@ fn ticket_4_a_binary_disconnect_schedules_the_grace_release() {
 #[test]
 fn ticket_5_shutdown_closes_everyone_1001_and_finishes_after_the_handshakes() {
     let mut h = Harness::new();
-    let (mut binary, phones) = server_with_phones(&mut h, "srv", 2);
+    let (mut binary, phones) = h.server_with_phones("srv", 2);
     let mut lone = h.binary("srv-2");
 
     h.relay.shutdown();
     let mut clients: Vec<Client> = phones.into_iter().map(|(phone, _)| phone).collect();
-    assert_eq!(
-        binary.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    binary.expect_closed(&mut h, SHUTTING_DOWN);
     // No close notices: the binary's next frame was the close itself.
-    assert_eq!(
-        lone.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    lone.expect_closed(&mut h, SHUTTING_DOWN);
     for phone in clients.iter_mut() {
-        assert_eq!(
-            phone.expect_closed_by_relay(&mut h),
-            (Some(1001), "shutting down".to_string())
-        );
+        phone.expect_closed(&mut h, SHUTTING_DOWN);
     }
     // New connections are no longer accepted.
     assert!(TcpStream::connect(h.addr).is_err());
@@ -180,28 +145,22 @@ fn ticket_5_shutdown_closes_everyone_1001_and_finishes_after_the_handshakes() {
 #[test]
 fn shutdown_with_silent_peers_finishes_at_the_drain_deadline() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
+    let (mut binary, mut phone, _) = h.pair("srv");
     h.relay.shutdown();
-    assert_eq!(
-        binary.recv_close(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
-    assert_eq!(
-        phones[0].0.recv_close(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    binary.expect_close_frame(&mut h, SHUTTING_DOWN);
+    phone.expect_close_frame(&mut h, SHUTTING_DOWN);
     h.advance(Duration::from_millis(9_990));
     assert!(!h.relay.is_finished());
     h.advance(Duration::from_millis(10));
     assert!(h.relay.is_finished());
     binary.wait_eof(&mut h);
-    phones[0].0.wait_eof(&mut h);
+    phone.wait_eof(&mut h);
 }
 
 #[test]
 fn the_drain_deadline_ends_shutdown_even_with_a_long_write_timeout() {
     let mut h = Harness::with_config(|c| c.write_timeout = secs(60));
-    let (mut binary, _phones) = server_with_phones(&mut h, "srv", 1);
+    let (mut binary, _phone, _) = h.pair("srv");
     h.relay.shutdown();
     assert_eq!(binary.recv_close(&mut h).0, Some(1001));
     h.advance(secs(9));
@@ -213,28 +172,21 @@ fn the_drain_deadline_ends_shutdown_even_with_a_long_write_timeout() {
 #[test]
 fn shutdown_delivers_what_is_queued_before_the_close() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (phone, conn_id) = &mut phones[0];
+    let (mut binary, mut phone, conn_id) = h.pair("srv");
     phone.set_relay_send_buffer(16 * 1024);
     // The phone reads nothing for now: most of this stays queued in the relay.
     let frame = |i: usize| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "w".repeat(8 * 1024));
     for i in 0..30 {
-        binary.send_text(&mut h, &envelope(conn_id, frame(i).as_bytes()));
+        binary.send_text(&mut h, &envelope(&conn_id, frame(i).as_bytes()));
     }
     assert!(h.stats().connections_with_buffers >= 1, "nothing queued");
 
     h.relay.shutdown();
-    assert_eq!(
-        binary.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    binary.expect_closed(&mut h, SHUTTING_DOWN);
     for i in 0..30 {
         assert_eq!(phone.recv(&mut h), Msg::Text(frame(i).into_bytes()));
     }
-    assert_eq!(
-        phone.expect_closed_by_relay(&mut h),
-        (Some(1001), "shutting down".to_string())
-    );
+    phone.expect_closed(&mut h, SHUTTING_DOWN);
 }
 
 // -------------------------------------------------------- malformed envelopes
@@ -242,8 +194,7 @@ fn shutdown_delivers_what_is_queued_before_the_close() {
 #[test]
 fn malformed_envelopes_are_dropped_and_the_binary_keeps_working() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
 
     let bad: Vec<Vec<u8>> = vec![
         format!(r#"{{"conn_id":"{id}","frame":{{"a":1}}"#).into_bytes(), // truncated
@@ -287,8 +238,7 @@ fn malformed_envelopes_are_dropped_and_the_binary_keeps_working() {
     ];
     for (i, envelope_bytes) in bad.iter().enumerate() {
         binary.send_text(&mut h, envelope_bytes);
-        phone.assert_no_data(&mut h);
-        binary.assert_no_data(&mut h);
+        assert_quiet(&mut h, [&mut phone, &mut binary]);
         // The next good envelope lands.
         let good = format!(r#"{{"after_bad":{i}}}"#);
         binary.send_text(&mut h, &envelope(&id, good.as_bytes()));
@@ -299,32 +249,28 @@ fn malformed_envelopes_are_dropped_and_the_binary_keeps_working() {
             String::from_utf8_lossy(envelope_bytes)
         );
     }
-    assert_still_routes(&mut h, &mut binary, &mut phone, &id);
-    let stats = h.stats();
-    assert_eq!((stats.binaries, stats.phones), (1, 1));
+    assert_routes(&mut h, &mut binary, &mut phone, &id);
+    assert_eq!(h.peers(), (1, 1));
 }
 
 #[test]
 fn close_code_zero_is_no_directive() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
         format!(r#"{{"conn_id":"{id}","frame":{{"a":1}},"close_code":0}}"#).as_bytes(),
     );
     assert_eq!(phone.recv(&mut h), Msg::Text(br#"{"a":1}"#.to_vec()));
     phone.assert_no_data(&mut h);
-    assert_still_routes(&mut h, &mut binary, &mut phone, &id);
+    assert_routes(&mut h, &mut binary, &mut phone, &id);
 }
 
 #[test]
 fn an_envelope_for_another_server_ids_phone_is_dropped() {
     let mut h = Harness::new();
-    let (mut binary_a, mut phones_a) = server_with_phones(&mut h, "srv-a", 1);
-    let (mut binary_b, mut phones_b) = server_with_phones(&mut h, "srv-b", 1);
-    let (mut phone_a, id_a) = phones_a.pop().unwrap();
-    let (mut phone_b, id_b) = phones_b.pop().unwrap();
+    let (mut binary_a, mut phone_a, id_a) = h.pair("srv-a");
+    let (mut binary_b, mut phone_b, id_b) = h.pair("srv-b");
 
     binary_a.send_text(&mut h, &envelope(&id_b, br#"{"stolen":true}"#));
     binary_a.send_text(
@@ -335,32 +281,30 @@ fn an_envelope_for_another_server_ids_phone_is_dropped() {
         &mut h,
         format!(r#"{{"conn_id":"{id_b}","close_code":1000}}"#).as_bytes(),
     );
-    phone_b.assert_no_data(&mut h);
-    phone_a.assert_no_data(&mut h);
-    binary_a.assert_no_data(&mut h);
-    binary_b.assert_no_data(&mut h);
+    assert_quiet(
+        &mut h,
+        [&mut phone_b, &mut phone_a, &mut binary_a, &mut binary_b],
+    );
 
-    assert_still_routes(&mut h, &mut binary_a, &mut phone_a, &id_a);
-    assert_still_routes(&mut h, &mut binary_b, &mut phone_b, &id_b);
+    assert_routes(&mut h, &mut binary_a, &mut phone_a, &id_a);
+    assert_routes(&mut h, &mut binary_b, &mut phone_b, &id_b);
     assert_eq!(h.stats().phones, 2);
 }
 
 #[test]
 fn push_wake_is_dropped_without_push_and_the_binary_stays_up() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
         br#"{"push_wake":{"platform":"fcm","token":"fcm-token-xyz"}}"#,
     );
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut binary, &mut phone]);
     assert!(h
         .relay
         .metrics_text()
         .contains("pyrycode_relay_push_wakes_total{outcome=\"dropped\"} 1\n"));
-    assert_still_routes(&mut h, &mut binary, &mut phone, &id);
+    assert_routes(&mut h, &mut binary, &mut phone, &id);
     assert_eq!(h.stats().binaries, 1);
 }
 
@@ -369,9 +313,8 @@ fn push_wake_is_dropped_without_push_and_the_binary_stays_up() {
 #[test]
 fn a_close_directive_with_a_frame_delivers_it_then_closes() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut sibling, sibling_id) = phones.pop().unwrap();
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
+    let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
 
     binary.send_text(
         &mut h,
@@ -392,14 +335,13 @@ fn a_close_directive_with_a_frame_delivers_it_then_closes() {
     // Later envelopes to it are dropped; the sibling is unaffected.
     binary.send_text(&mut h, &envelope(&id, br#"{"too":"late"}"#));
     sibling.assert_no_data(&mut h);
-    assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_close_directive_without_a_frame_only_closes() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
         format!(r#"{{"conn_id":"{id}","close_code":4421}}"#).as_bytes(),
@@ -414,8 +356,7 @@ fn a_close_directive_without_a_frame_only_closes() {
 #[test]
 fn a_close_directive_with_a_null_frame_only_closes() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
         format!(r#"{{"conn_id":"{id}","frame":null,"close_code":4426}}"#).as_bytes(),
@@ -430,8 +371,7 @@ fn a_close_directive_with_a_null_frame_only_closes() {
 #[test]
 fn a_close_directive_comes_after_everything_queued_before_it() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     let mut batch = Vec::new();
     for i in 0..5 {
         batch.extend(masked_frame(
@@ -488,9 +428,8 @@ fn every_sendable_close_code_is_a_directive() {
 #[test]
 fn a_phone_closing_1000_gives_the_binary_an_exact_notice() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut sibling, sibling_id) = phones.pop().unwrap();
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
+    let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     phone.send_close(&mut h, 1000, "done");
     assert_eq!(phone.recv_close(&mut h), (Some(1000), String::new()));
     phone.wait_eof(&mut h);
@@ -500,14 +439,13 @@ fn a_phone_closing_1000_gives_the_binary_an_exact_notice() {
     );
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
-    assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_closing_with_its_own_code_reports_that_code() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     phone.send_close(&mut h, 4000, "app went to background");
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 4000));
     binary.assert_no_data(&mut h);
@@ -516,8 +454,7 @@ fn a_phone_closing_with_its_own_code_reports_that_code() {
 #[test]
 fn a_phone_closing_without_a_code_reports_1001() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     phone.send_frame(&mut h, 0x8, true, b"");
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1001));
     binary.assert_no_data(&mut h);
@@ -526,23 +463,21 @@ fn a_phone_closing_without_a_code_reports_1001() {
 #[test]
 fn a_phone_dropping_its_tcp_connection_reports_1001() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut sibling, sibling_id) = phones.pop().unwrap();
-    let (phone, id) = phones.pop().unwrap();
+    let (mut binary, phone, id) = h.pair("srv");
+    let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     drop(phone);
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1001));
     binary.assert_no_data(&mut h);
     let stats = h.stats();
     assert_eq!((stats.phones, stats.connections), (1, 2));
-    assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_sending_non_json_is_closed_1007_and_the_binary_told() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut sibling, sibling_id) = phones.pop().unwrap();
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
+    let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     phone.send_text(&mut h, b"{\"half\": ");
     assert_eq!(
         phone.expect_closed_by_relay(&mut h),
@@ -551,14 +486,13 @@ fn a_phone_sending_non_json_is_closed_1007_and_the_binary_told() {
     // Nothing was forwarded; the notice is the binary's only message.
     assert_eq!(binary.recv(&mut h), Msg::Text(close_notice(&id, 1007)));
     binary.assert_no_data(&mut h);
-    assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_sending_invalid_utf8_in_a_binary_message_is_closed_1007() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     phone.send_binary(&mut h, b"\"\xff\xfe\"");
     assert_eq!(phone.recv_close(&mut h), (Some(1007), String::new()));
     assert_eq!(binary.recv(&mut h), Msg::Text(close_notice(&id, 1007)));
@@ -568,22 +502,20 @@ fn a_phone_sending_invalid_utf8_in_a_binary_message_is_closed_1007() {
 #[test]
 fn a_phone_message_over_the_size_limit_is_closed_1009_and_the_binary_told() {
     let mut h = Harness::with_config(|c| c.max_message_size = 1024);
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut sibling, sibling_id) = phones.pop().unwrap();
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
+    let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
     phone.send_text(&mut h, big.as_bytes());
     assert_eq!(phone.recv_close(&mut h), (Some(1009), String::new()));
     assert_eq!(binary.recv(&mut h), Msg::Text(close_notice(&id, 1009)));
     binary.assert_no_data(&mut h);
-    assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_that_stops_answering_pings_is_closed_1011_and_the_binary_told() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     h.advance(secs(30));
     assert_eq!(binary.recv(&mut h), Msg::Ping(Vec::new()));
     binary.send_pong(&mut h, b"");
@@ -591,10 +523,7 @@ fn a_phone_that_stops_answering_pings_is_closed_1011_and_the_binary_told() {
     h.advance(secs(29));
     binary.assert_no_data(&mut h);
     h.advance(SECOND);
-    assert_eq!(
-        phone.recv_close(&mut h),
-        (Some(1011), "heartbeat timeout".to_string())
-    );
+    phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1011));
     binary.assert_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
@@ -605,8 +534,7 @@ fn a_phone_that_stops_answering_pings_is_closed_1011_and_the_binary_told() {
 #[test]
 fn phone_frames_reach_the_binary_byte_exact() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     let inners: [&[u8]; 5] = [
         b" \t\r\n{ \"v\":2 , \"data\" : \"\\u00e9\\ud83d\\ude00\\n\\\"\\\\\",\"raw\":\"\xc3\xa9\xf0\x9f\x98\x80\",\
           \"deep\":{\"a\":[[[ {\"b\":[1,2.50,-3e-7, null,false]} ]]]}}\n ",
@@ -642,9 +570,8 @@ fn phone_frames_reach_the_binary_byte_exact() {
 #[test]
 fn per_phone_order_is_kept_over_a_thousand_messages() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut p2, id2) = phones.pop().unwrap();
-    let (mut p1, id1) = phones.pop().unwrap();
+    let (mut binary, mut p1, id1) = h.pair("srv");
+    let (mut p2, id2) = h.phone_with_id("srv", &mut binary);
 
     // Phones → binary: both phones send 1000 messages, written in
     // interleaved chunks.
@@ -693,8 +620,7 @@ fn per_phone_order_is_kept_over_a_thousand_messages() {
         assert_eq!(p1.recv_text(&mut h), format!("[{i}]").into_bytes());
         assert_eq!(p2.recv_text(&mut h), format!("[{i},{i}]").into_bytes());
     }
-    p1.assert_no_data(&mut h);
-    p2.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut p1, &mut p2]);
 }
 
 // ------------------------------------------------------------- backpressure
@@ -711,8 +637,7 @@ fn numbered(i: usize) -> Vec<u8> {
 fn a_slow_binary_pushes_back_on_its_phones_and_nothing_is_dropped() {
     const COUNT: usize = 10_000;
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 1);
-    let (mut phone, id) = phones.pop().unwrap();
+    let (mut binary, mut phone, id) = h.pair("srv");
     // Small kernel buffers on both legs, so that what the relay holds
     // back shows: the kernel alone cannot absorb the phone's 2 MB.
     binary.set_recv_buffer(32 * 1024);
@@ -755,20 +680,18 @@ fn a_slow_binary_pushes_back_on_its_phones_and_nothing_is_dropped() {
         );
     }
     assert_eq!(at, stream.len());
-    binary.assert_no_data(&mut h);
-    phone.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut binary, &mut phone]);
     let stats = h.stats();
     assert_eq!((stats.binaries, stats.phones), (1, 1));
     assert_eq!(stats.connections_with_buffers, 0);
-    assert_still_routes(&mut h, &mut binary, &mut phone, &id);
+    assert_routes(&mut h, &mut binary, &mut phone, &id);
 }
 
 #[test]
 fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
     let mut h = Harness::with_config(|c| c.phone_backlog = 64 * 1024);
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut sibling, sibling_id) = phones.pop().unwrap();
-    let (mut sleeper, sleeper_id) = phones.pop().unwrap();
+    let (mut binary, mut sleeper, sleeper_id) = h.pair("srv");
+    let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     // Small kernel buffers, so the relay's own queue fills after kilobytes.
     sleeper.set_relay_send_buffer(16 * 1024);
 
@@ -786,10 +709,9 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
     binary.assert_no_data(&mut h);
 
     // The binary and the sibling go on as before.
-    assert_still_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
+    assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     binary.send_text(&mut h, &envelope(&sleeper_id, br#"{"gone":true}"#));
-    sibling.assert_no_data(&mut h);
-    binary.assert_no_data(&mut h);
+    assert_quiet(&mut h, [&mut sibling, &mut binary]);
     assert_eq!(h.stats().binaries, 1);
 
     // What the sleeper finally reads: its frames, then the close.
@@ -801,7 +723,10 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
                 frames += 1;
             }
             Msg::Close(code, reason) => {
-                assert_eq!((code, reason.as_str()), (Some(1011), "phone backlog full"));
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (Some(BACKLOG_FULL.0), BACKLOG_FULL.1)
+                );
                 break;
             }
             other => panic!("unexpected {other:?}"),
@@ -823,11 +748,10 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
 #[test]
 fn idle_connections_hold_no_buffers_after_traffic() {
     let mut h = Harness::new();
-    let (mut binary, mut phones) = server_with_phones(&mut h, "srv", 2);
-    let (mut p2, id2) = phones.pop().unwrap();
-    let (mut p1, id1) = phones.pop().unwrap();
-    assert_still_routes(&mut h, &mut binary, &mut p1, &id1);
-    assert_still_routes(&mut h, &mut binary, &mut p2, &id2);
+    let (mut binary, mut p1, id1) = h.pair("srv");
+    let (mut p2, id2) = h.phone_with_id("srv", &mut binary);
+    assert_routes(&mut h, &mut binary, &mut p1, &id1);
+    assert_routes(&mut h, &mut binary, &mut p2, &id2);
 
     // A frame split across writes, a fragmented message, a large message.
     let frame = masked_frame(0x1, true, br#"{"split":"in two"}"#);

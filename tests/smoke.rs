@@ -7,8 +7,7 @@ use common::*;
 #[test]
 fn a_phone_and_its_binary_exchange_frames_byte_exact() {
     let mut h = Harness::new();
-    let mut binary = h.binary("srv-1");
-    let (mut phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
+    let (mut binary, mut phone, conn_id) = h.pair("srv-1");
     assert!(conn_id.starts_with("client-srv-1-"));
 
     let inner = br#"{"v":2, "type":"noise_msg","data":"AAEC" , "pad":[1, 2.50]}"#;

@@ -131,23 +131,6 @@ fn assert_nothing_received(h: &mut Harness, client: &mut Client) {
     }
 }
 
-fn healthz(h: &mut Harness) -> (String, serde_json::Value) {
-    let (status, response, mut client) =
-        h.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
-    assert_eq!(status, 200, "{response}");
-    let body = String::from_utf8(client.body_until_eof(h)).expect("healthz body is UTF-8");
-    let value = serde_json::from_str(&body).expect("healthz body is JSON");
-    (body, value)
-}
-
-fn counts(h: &mut Harness) -> (u64, u64) {
-    let (_, value) = healthz(h);
-    (
-        value["connected_binaries"].as_u64().unwrap(),
-        value["connected_phones"].as_u64().unwrap(),
-    )
-}
-
 /// A head of exactly `total` bytes: a valid binary upgrade padded with a
 /// filler header.
 fn padded_server_head(total: usize) -> String {
@@ -180,8 +163,7 @@ fn websocket_routes_upgrade_and_ignore_the_query_string() {
         assert_eq!(status, 101, "{path}: {response}");
         open.push(client);
     }
-    assert_eq!(h.stats().binaries, 3);
-    assert_eq!(h.stats().phones, 2);
+    assert_eq!(h.peers(), (3, 2));
 }
 
 #[test]
@@ -257,7 +239,7 @@ fn healthz_body_and_headers_are_exact() {
 #[test]
 fn healthz_reports_the_crate_version_by_default() {
     let mut h = Harness::new();
-    let (body, _) = healthz(&mut h);
+    let (body, _) = h.healthz();
     let expected = format!(
         r#"{{"status":"ok","version":"{}","connected_binaries":0,"connected_phones":0,"uptime_seconds":0}}"#,
         env!("CARGO_PKG_VERSION")
@@ -268,174 +250,267 @@ fn healthz_reports_the_crate_version_by_default() {
 #[test]
 fn healthz_counts_follow_binaries_and_phones() {
     let mut h = Harness::new();
-    assert_eq!(counts(&mut h), (0, 0));
+    assert_eq!(h.counts(), (0, 0));
 
     let mut binary = h.binary("srv-a");
-    assert_eq!(counts(&mut h), (1, 0));
+    assert_eq!(h.counts(), (1, 0));
     let mut other = h.binary("srv-b");
-    assert_eq!(counts(&mut h), (2, 0));
+    assert_eq!(h.counts(), (2, 0));
 
     let (mut p1, _) = h.phone_with_id("srv-a", &mut binary);
     let (mut p2, _) = h.phone_with_id("srv-a", &mut binary);
     let (_p3, _) = h.phone_with_id("srv-b", &mut other);
-    assert_eq!(counts(&mut h), (2, 3));
+    assert_eq!(h.counts(), (2, 3));
 
     // A phone refused after the 101 is never counted.
     let mut stray = h.phone("srv-nobody");
-    assert_eq!(
-        stray.expect_closed_by_relay(&mut h),
-        (Some(4404), "no server with that id".to_string())
-    );
-    assert_eq!(counts(&mut h), (2, 3));
+    stray.expect_closed(&mut h, NO_SERVER);
+    assert_eq!(h.counts(), (2, 3));
 
     // The binary leaves: it stops counting at once, its phones wait out
     // the grace period and are still counted.
     drop(binary);
     h.settle();
-    assert_eq!(counts(&mut h), (1, 3));
+    assert_eq!(h.counts(), (1, 3));
     h.advance(Duration::from_secs(29));
-    assert_eq!(counts(&mut h), (1, 3));
+    assert_eq!(h.counts(), (1, 3));
     h.advance(Duration::from_secs(1));
-    assert_eq!(
-        p1.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
-    assert_eq!(
-        p2.expect_closed_by_relay(&mut h),
-        (Some(4404), "binary gone".to_string())
-    );
-    assert_eq!(counts(&mut h), (1, 1));
+    p1.expect_closed(&mut h, BINARY_GONE);
+    p2.expect_closed(&mut h, BINARY_GONE);
+    assert_eq!(h.counts(), (1, 1));
 
     drop(other);
     h.settle();
-    assert_eq!(counts(&mut h), (0, 1));
+    assert_eq!(h.counts(), (0, 1));
 }
 
 #[test]
 fn healthz_uptime_follows_relay_time() {
     let mut h = Harness::new();
-    let (_, value) = healthz(&mut h);
+    let (_, value) = h.healthz();
     assert_eq!(value["uptime_seconds"], 0);
     h.advance(Duration::from_millis(999));
-    let (_, value) = healthz(&mut h);
+    let (_, value) = h.healthz();
     assert_eq!(value["uptime_seconds"], 0);
     h.advance(Duration::from_millis(1));
-    let (_, value) = healthz(&mut h);
+    let (_, value) = h.healthz();
     assert_eq!(value["uptime_seconds"], 1);
     h.advance(Duration::from_secs(3600));
-    let (body, _) = healthz(&mut h);
+    let (body, _) = h.healthz();
     assert!(body.ends_with(r#""uptime_seconds":3601}"#), "{body}");
+}
+
+// ---------------------------------------------------------------- the tables
+
+/// One change to a valid upgrade request.
+#[derive(Clone, Copy, Debug)]
+enum Edit {
+    /// Without the header (any case).
+    Remove(&'static str),
+    /// The header with this value (replaced, or added).
+    Set(&'static str, &'static str),
+    /// This method instead of GET.
+    Method(&'static str),
+}
+
+use Edit::{Method, Remove, Set};
+
+const SERVER: &str = "/v1/server";
+const CLIENT: &str = "/v1/client";
+const ID: &str = "X-Pyrycode-Server";
+const VERSION: &str = "X-Pyrycode-Version";
+const TOKEN: &str = "X-Pyrycode-Token";
+const DEVICE: &str = "X-Pyrycode-Device-Name";
+const UA: &str = "User-Agent";
+const UPGRADE: &str = "Upgrade";
+const CONNECTION: &str = "Connection";
+const WS_KEY: &str = "Sec-WebSocket-Key";
+const WS_VERSION: &str = "Sec-WebSocket-Version";
+/// Whether the relay writes a log line for the request.
+const LOGGED: bool = true;
+const QUIET: bool = false;
+
+/// The valid upgrade request of `route` for `server_id`, with `edits`.
+fn edited(route: &str, server_id: &str, edits: &[Edit]) -> String {
+    let mut method = "GET";
+    let mut headers = match route {
+        SERVER => server_request(server_id),
+        _ => client_request(server_id),
+    };
+    for edit in edits {
+        match *edit {
+            Remove(name) => headers = without(&headers, name),
+            Set(name, value) => headers = with(&headers, name, value),
+            Method(other) => method = other,
+        }
+    }
+    head(method, route, &headers)
+}
+
+/// Asserts that a binary claiming `server_id` is refused with `status`.
+fn refuse_binary(h: &mut Harness, server_id: &str, status: u16) -> String {
+    assert_refused(h, &upgrade_head(SERVER, &binary_headers(server_id)), status)
+}
+
+/// A row of an upgrade table: the valid upgrade request of `route` (a
+/// binary claiming `srv-1`, or a phone dialling the binary of `srv-1`)
+/// with `edits` applied gets `status`, and the relay logs it or not.
+struct Row {
+    route: &'static str,
+    edits: Vec<Edit>,
+    status: u16,
+    logged: bool,
+}
+
+fn row(route: &'static str, edits: &[Edit], status: u16, logged: bool) -> Row {
+    let edits = edits.to_vec();
+    Row {
+        route,
+        edits,
+        status,
+        logged,
+    }
+}
+
+impl Row {
+    fn request(&self) -> String {
+        edited(self.route, "srv-1", &self.edits)
+    }
+
+    /// The server-id the request claims or dials.
+    fn server_id(&self) -> &str {
+        self.edits
+            .iter()
+            .rev()
+            .find_map(|edit| match edit {
+                Set(ID, value) => Some(*value),
+                _ => None,
+            })
+            .unwrap_or("srv-1")
+    }
+
+    /// Runs the row against a fresh relay (with the binary of `srv-1` for
+    /// phones) and checks the status, what the relay holds afterwards, and
+    /// whether it logged anything for the request.
+    fn check(&self) {
+        let what = format!("{} {:?}", self.route, self.edits);
+        let phone = self.route == CLIENT;
+        capture_logs();
+        let mut h = Harness::new();
+        let _binary = phone.then(|| h.binary("srv-1"));
+        take_logs();
+        let request = self.request();
+        let client = if self.status == 101 {
+            let (status, response, client) = h.request(&request);
+            assert_eq!(status, 101, "{what}: {response}");
+            let stats = h.stats();
+            assert_eq!(
+                (stats.binaries, stats.phones),
+                (1, usize::from(phone)),
+                "{what}"
+            );
+            Some(client)
+        } else {
+            let response = assert_refused(&mut h, &request, self.status);
+            let version = header_values(&response, WS_VERSION);
+            let named = if self.status == 426 {
+                vec!["13"]
+            } else {
+                vec![]
+            };
+            assert_eq!(version, named, "{what}: {response}");
+            let stats = h.stats();
+            let held = usize::from(phone);
+            assert_eq!(
+                (stats.connections, stats.binaries, stats.phones),
+                (held, held, 0),
+                "{what}"
+            );
+            None
+        };
+        let lines = take_logs();
+        assert_eq!(!lines.is_empty(), self.logged, "{what}: logged {lines:?}");
+        // A binary let in serves phones, whose conn_ids carry its id.
+        if let (Some(mut binary), false) = (client, phone) {
+            let id = self.server_id();
+            let (_phone, conn_id) = h.phone_with_id(id, &mut binary);
+            assert!(conn_id.starts_with(&format!("client-{id}-")), "{conn_id}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- header gate
 
 #[test]
-fn server_header_gate_refuses_each_missing_or_empty_header() {
-    let mut h = Harness::new();
-    let valid = server_request("srv-1");
-    for name in ["X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"] {
-        assert_refused(
-            &mut h,
-            &head("GET", "/v1/server", &without(&valid, name)),
-            400,
-        );
-        assert_refused(
-            &mut h,
-            &head("GET", "/v1/server", &with(&valid, name, "")),
-            400,
-        );
-        assert_refused(
-            &mut h,
-            &head("GET", "/v1/server", &with(&valid, name, "   ")),
-            400,
-        );
-    }
-    // A phone's token does not stand in for the binary's version.
-    let swapped = with(
-        &without(&valid, "X-Pyrycode-Version"),
-        "X-Pyrycode-Token",
-        "t",
-    );
-    assert_refused(&mut h, &head("GET", "/v1/server", &swapped), 400);
-    assert_eq!(h.stats().binaries, 0);
-    assert_eq!(h.stats().connections, 0);
-
-    let (status, _, _b) = h.request(&head("GET", "/v1/server", &valid));
-    assert_eq!(status, 101);
-}
-
-#[test]
-fn client_header_gate_refuses_each_missing_or_empty_header() {
-    let mut h = Harness::new();
-    let _binary = h.binary("srv-1");
-    let valid = client_request("srv-1");
-    for name in ["X-Pyrycode-Server", "X-Pyrycode-Token", "User-Agent"] {
-        assert_refused(
-            &mut h,
-            &head("GET", "/v1/client", &without(&valid, name)),
-            400,
-        );
-        assert_refused(
-            &mut h,
-            &head("GET", "/v1/client", &with(&valid, name, "")),
-            400,
-        );
-        assert_refused(
-            &mut h,
-            &head("GET", "/v1/client", &with(&valid, name, "  ")),
-            400,
-        );
-    }
-    // A binary's version does not stand in for the phone's token.
-    let swapped = with(
-        &without(&valid, "X-Pyrycode-Token"),
-        "X-Pyrycode-Version",
-        "0.9.0",
-    );
-    assert_refused(&mut h, &head("GET", "/v1/client", &swapped), 400);
-    assert_eq!(h.stats().phones, 0);
-
-    // The device name is optional: absent or empty, the phone gets in.
-    for headers in [
-        without(&valid, "X-Pyrycode-Device-Name"),
-        with(&valid, "X-Pyrycode-Device-Name", ""),
-        valid.clone(),
-    ] {
-        let (status, response, _phone) = h.request(&head("GET", "/v1/client", &headers));
-        assert_eq!(status, 101, "{response}");
-        assert_eq!(h.stats().phones, 1);
-    }
-}
-
-#[test]
-fn server_ids_must_be_1_to_128_bytes_of_the_allowed_set() {
-    let mut h = Harness::new();
-    let long_ok = "x".repeat(128);
-    let too_long = "x".repeat(129);
-    let bad = [
-        "has space",
-        "slash/",
-        "a/b",
-        too_long.as_str(),
-        "",
-        "emoji-\u{1F600}",
-        "percent%20",
-        "quote\"",
-        "comma,x",
+fn the_header_gate_refuses_quietly_and_comes_before_the_websocket_rules() {
+    let too_long: &'static str = "x".repeat(129).leak();
+    let longest: &'static str = "x".repeat(128).leak();
+    let v8 = Set(WS_VERSION, "8");
+    let rows = [
+        row(SERVER, &[], 101, LOGGED),
+        row(SERVER, &[Remove(ID)], 400, QUIET),
+        row(SERVER, &[Set(ID, "")], 400, QUIET),
+        row(SERVER, &[Set(ID, "   ")], 400, QUIET),
+        row(SERVER, &[Remove(VERSION)], 400, QUIET),
+        row(SERVER, &[Set(VERSION, "")], 400, QUIET),
+        row(SERVER, &[Set(VERSION, "   ")], 400, QUIET),
+        row(SERVER, &[Remove(UA)], 400, QUIET),
+        row(SERVER, &[Set(UA, "")], 400, QUIET),
+        row(SERVER, &[Set(UA, "   ")], 400, QUIET),
+        // A phone's token does not stand in for the binary's version.
+        row(SERVER, &[Remove(VERSION), Set(TOKEN, "t")], 400, QUIET),
+        row(CLIENT, &[], 101, LOGGED),
+        row(CLIENT, &[Remove(ID)], 400, QUIET),
+        row(CLIENT, &[Set(ID, "")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "  ")], 400, QUIET),
+        row(CLIENT, &[Remove(TOKEN)], 400, QUIET),
+        row(CLIENT, &[Set(TOKEN, "")], 400, QUIET),
+        row(CLIENT, &[Set(TOKEN, "  ")], 400, QUIET),
+        row(CLIENT, &[Remove(UA)], 400, QUIET),
+        row(CLIENT, &[Set(UA, "")], 400, QUIET),
+        row(CLIENT, &[Set(UA, "  ")], 400, QUIET),
+        // A binary's version does not stand in for the phone's token.
+        row(CLIENT, &[Remove(TOKEN), Set(VERSION, "0.9.0")], 400, QUIET),
+        // The device name is optional: absent or empty, the phone gets in.
+        row(CLIENT, &[Remove(DEVICE)], 101, LOGGED),
+        row(CLIENT, &[Set(DEVICE, "")], 101, LOGGED),
+        // A server-id is 1–128 bytes of [A-Za-z0-9._:-], on both routes.
+        row(SERVER, &[Set(ID, "a")], 101, LOGGED),
+        row(SERVER, &[Set(ID, longest)], 101, LOGGED),
+        row(SERVER, &[Set(ID, "A.b_C:d-9")], 101, LOGGED),
+        row(
+            SERVER,
+            &[Set(ID, "0b6f0e0c-5b5e-4c54-9f49-8d8f8f6f7a1b")],
+            101,
+            LOGGED,
+        ),
+        row(SERVER, &[Set(ID, too_long)], 400, QUIET),
+        row(CLIENT, &[Set(ID, too_long)], 400, QUIET),
+        row(SERVER, &[Set(ID, "has space")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "has space")], 400, QUIET),
+        row(SERVER, &[Set(ID, "slash/")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "slash/")], 400, QUIET),
+        row(SERVER, &[Set(ID, "a/b")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "a/b")], 400, QUIET),
+        row(SERVER, &[Set(ID, "emoji-\u{1F600}")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "emoji-\u{1F600}")], 400, QUIET),
+        row(SERVER, &[Set(ID, "percent%20")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "percent%20")], 400, QUIET),
+        row(SERVER, &[Set(ID, "quote\"")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "quote\"")], 400, QUIET),
+        row(SERVER, &[Set(ID, "comma,x")], 400, QUIET),
+        row(CLIENT, &[Set(ID, "comma,x")], 400, QUIET),
+        // A wrong version alone is 426 (and logged)...
+        row(SERVER, &[v8], 426, LOGGED),
+        // ...but a failed header gate wins over it.
+        row(SERVER, &[v8, Remove(ID)], 400, QUIET),
+        row(SERVER, &[v8, Remove(VERSION)], 400, QUIET),
+        row(SERVER, &[v8, Remove(UA)], 400, QUIET),
+        row(SERVER, &[v8, Set(ID, "bad id")], 400, QUIET),
+        row(CLIENT, &[v8, Remove(TOKEN)], 400, QUIET),
     ];
-    for id in bad {
-        assert_refused(&mut h, &head("GET", "/v1/server", &server_request(id)), 400);
-        assert_refused(&mut h, &head("GET", "/v1/client", &client_request(id)), 400);
-    }
-    assert_eq!(h.stats().connections, 0);
-
-    let uuid = "0b6f0e0c-5b5e-4c54-9f49-8d8f8f6f7a1b";
-    for id in [long_ok.as_str(), "a", "A.b_C:d-9", uuid] {
-        let (status, response, mut binary) =
-            h.request(&head("GET", "/v1/server", &server_request(id)));
-        assert_eq!(status, 101, "{id}: {response}");
-        let (_phone, conn_id) = h.phone_with_id(id, &mut binary);
-        assert!(conn_id.starts_with(&format!("client-{id}-")), "{conn_id}");
+    for row in &rows {
+        row.check();
     }
 }
 
@@ -446,14 +521,14 @@ fn header_names_are_case_insensitive() {
         .into_iter()
         .map(|(n, v)| (n.to_ascii_lowercase(), v))
         .collect();
-    let (status, response, _b1) = h.request(&head("GET", "/v1/server", &lower));
+    let (status, response, _b1) = h.request(&head("GET", SERVER, &lower));
     assert_eq!(status, 101, "{response}");
 
     let upper: Headers = server_request("srv-upper")
         .into_iter()
         .map(|(n, v)| (n.to_ascii_uppercase(), v))
         .collect();
-    let (status, response, _b2) = h.request(&head("GET", "/v1/server", &upper));
+    let (status, response, _b2) = h.request(&head("GET", SERVER, &upper));
     assert_eq!(status, 101, "{response}");
 
     let mixed: Headers = client_request("srv-lower")
@@ -473,7 +548,7 @@ fn header_names_are_case_insensitive() {
             (n, v)
         })
         .collect();
-    let (status, response, _p) = h.request(&head("GET", "/v1/client", &mixed));
+    let (status, response, _p) = h.request(&head("GET", CLIENT, &mixed));
     assert_eq!(status, 101, "{response}");
     assert_eq!(h.stats().phones, 1);
 }
@@ -481,10 +556,9 @@ fn header_names_are_case_insensitive() {
 // ---------------------------------------------------------------- websocket rules
 
 #[test]
-fn connection_may_be_a_comma_list_and_values_are_case_insensitive() {
-    let mut h = Harness::new();
-    let mut open = Vec::new();
-    let mut n = 0;
+fn the_websocket_rules_refuse_400_or_426_and_log_it() {
+    let mut rows = Vec::new();
+    // Connection may be a comma list; values are case-insensitive.
     for (upgrade, connection) in [
         ("websocket", "keep-alive, Upgrade"),
         ("websocket", "Upgrade, keep-alive"),
@@ -492,23 +566,15 @@ fn connection_may_be_a_comma_list_and_values_are_case_insensitive() {
         ("WebSocket", "UPGRADE"),
         ("WEBSOCKET", "upgrade"),
     ] {
-        n += 1;
-        let headers = with(
-            &with(&server_request(&format!("srv-{n}")), "Upgrade", upgrade),
-            "Connection",
-            connection,
-        );
-        let (status, response, binary) = h.request(&head("GET", "/v1/server", &headers));
-        assert_eq!(status, 101, "{upgrade} / {connection}: {response}");
-        open.push(binary);
+        rows.push(row(
+            SERVER,
+            &[Set(UPGRADE, upgrade), Set(CONNECTION, connection)],
+            101,
+            LOGGED,
+        ));
     }
-    assert_eq!(h.stats().binaries, n);
-}
-
-#[test]
-fn a_connection_header_without_upgrade_is_400() {
-    let mut h = Harness::new();
-    let valid = server_request("srv-1");
+    // A Connection header without `upgrade`.
+    rows.push(row(SERVER, &[Remove(CONNECTION)], 400, LOGGED));
     for connection in [
         "keep-alive",
         "",
@@ -516,62 +582,22 @@ fn a_connection_header_without_upgrade_is_400() {
         "upgraded",
         "keep-alive, upgrade-please",
     ] {
-        let headers = with(&valid, "Connection", connection);
-        assert_refused(&mut h, &head("GET", "/v1/server", &headers), 400);
+        rows.push(row(SERVER, &[Set(CONNECTION, connection)], 400, LOGGED));
     }
-    assert_refused(
-        &mut h,
-        &head("GET", "/v1/server", &without(&valid, "Connection")),
-        400,
-    );
-}
-
-#[test]
-fn a_missing_or_wrong_upgrade_header_is_400() {
-    let mut h = Harness::new();
-    for path_headers in [
-        ("/v1/server", server_request("srv-1")),
-        ("/v1/client", client_request("srv-1")),
-    ] {
-        let (path, valid) = path_headers;
-        assert_refused(&mut h, &head("GET", path, &without(&valid, "Upgrade")), 400);
+    for route in [SERVER, CLIENT] {
+        rows.push(row(route, &[Remove(UPGRADE)], 400, LOGGED));
         for upgrade in ["", "h2c", "websockets", "web socket"] {
-            assert_refused(
-                &mut h,
-                &head("GET", path, &with(&valid, "Upgrade", upgrade)),
-                400,
-            );
+            rows.push(row(route, &[Set(UPGRADE, upgrade)], 400, LOGGED));
+        }
+        for method in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "get"] {
+            rows.push(row(route, &[Method(method)], 400, LOGGED));
+        }
+        // A wrong version is 426 naming version 13.
+        for version in ["8", "12", "14"] {
+            rows.push(row(route, &[Set(WS_VERSION, version)], 426, LOGGED));
         }
     }
-}
-
-#[test]
-fn a_method_other_than_get_on_a_websocket_route_is_400() {
-    let mut h = Harness::new();
-    for method in ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "get"] {
-        assert_refused(
-            &mut h,
-            &head(method, "/v1/server", &server_request("srv-1")),
-            400,
-        );
-        assert_refused(
-            &mut h,
-            &head(method, "/v1/client", &client_request("srv-1")),
-            400,
-        );
-    }
-    assert_eq!(h.stats().binaries, 0);
-}
-
-#[test]
-fn a_bad_websocket_key_is_400() {
-    let mut h = Harness::new();
-    let valid = server_request("srv-1");
-    assert_refused(
-        &mut h,
-        &head("GET", "/v1/server", &without(&valid, "Sec-WebSocket-Key")),
-        400,
-    );
+    rows.push(row(SERVER, &[Remove(WS_KEY)], 400, LOGGED));
     for key in [
         "",
         "c2hvcnQ=",                     // "short": 5 bytes
@@ -581,60 +607,11 @@ fn a_bad_websocket_key_is_400() {
         "not base64 at all!!!!!!=",     // not base64
         "dGhlIHNhbXBsZSBub25jZQ==dGhl", // trailing garbage
     ] {
-        let headers = with(&valid, "Sec-WebSocket-Key", key);
-        assert_refused(&mut h, &head("GET", "/v1/server", &headers), 400);
+        rows.push(row(SERVER, &[Set(WS_KEY, key)], 400, LOGGED));
     }
-    assert_eq!(h.stats().binaries, 0);
-}
-
-#[test]
-fn a_wrong_websocket_version_is_426_naming_version_13() {
-    let mut h = Harness::new();
-    for (path, valid) in [
-        ("/v1/server", server_request("srv-1")),
-        ("/v1/client", client_request("srv-1")),
-    ] {
-        for version in ["8", "12", "14"] {
-            let headers = with(&valid, "Sec-WebSocket-Version", version);
-            let response = assert_refused(&mut h, &head("GET", path, &headers), 426);
-            assert_eq!(
-                header_values(&response, "Sec-WebSocket-Version"),
-                vec!["13"],
-                "{response}"
-            );
-        }
+    for row in &rows {
+        row.check();
     }
-    assert_eq!(h.stats().connections, 0);
-}
-
-#[test]
-fn the_header_gate_is_checked_before_the_websocket_rules() {
-    let mut h = Harness::new();
-    let version_8 = with(&server_request("srv-1"), "Sec-WebSocket-Version", "8");
-    // Wrong version alone is 426 ...
-    assert_refused(&mut h, &head("GET", "/v1/server", &version_8), 426);
-    // ... but a failed header gate wins over it.
-    for name in ["X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"] {
-        let response = assert_refused(
-            &mut h,
-            &head("GET", "/v1/server", &without(&version_8, name)),
-            400,
-        );
-        assert!(header_values(&response, "Sec-WebSocket-Version").is_empty());
-    }
-    let bad_id = with(&version_8, "X-Pyrycode-Server", "bad id");
-    assert_refused(&mut h, &head("GET", "/v1/server", &bad_id), 400);
-
-    let client_version_8 = with(&client_request("srv-1"), "Sec-WebSocket-Version", "8");
-    assert_refused(
-        &mut h,
-        &head(
-            "GET",
-            "/v1/client",
-            &without(&client_version_8, "X-Pyrycode-Token"),
-        ),
-        400,
-    );
 }
 
 // ---------------------------------------------------------------- admission
@@ -642,46 +619,23 @@ fn the_header_gate_is_checked_before_the_websocket_rules() {
 #[test]
 fn the_rate_limit_beats_every_other_check() {
     let mut h = Harness::with_config(|c| c.rate_limit_burst = 2);
-    let (status, _, _binary) = h.upgrade("/v1/server", &binary_headers("srv-1"));
-    assert_eq!(status, 101);
+    let _binary = h.binary("srv-1");
     // A refused attempt still spends a token.
-    assert_refused(
-        &mut h,
-        &head(
-            "GET",
-            "/v1/server",
-            &without(&server_request("srv-2"), "User-Agent"),
-        ),
-        400,
-    );
+    assert_refused(&mut h, &edited(SERVER, "srv-2", &[Remove(UA)]), 400);
     // The bucket is empty: 429 whatever else is wrong.
-    let hopeless = with(
-        &without(&client_request("bad id"), "X-Pyrycode-Token"),
-        "Sec-WebSocket-Version",
-        "8",
-    );
     for request in [
-        head("GET", "/v1/server", &server_request("srv-2")),
-        head("GET", "/v1/client", &client_request("srv-1")),
-        head("GET", "/v1/client", &hopeless),
-        head(
-            "POST",
-            "/v1/server",
-            &without(&server_request("srv-3"), "Upgrade"),
-        ),
-        head(
-            "GET",
-            "/v1/server?x=1",
-            &with(&server_request("srv-4"), "Sec-WebSocket-Key", "x"),
-        ),
+        edited(SERVER, "srv-2", &[]),
+        edited(CLIENT, "srv-1", &[]),
+        edited(CLIENT, "bad id", &[Remove(TOKEN), Set(WS_VERSION, "8")]),
+        edited(SERVER, "srv-3", &[Method("POST"), Remove(UPGRADE)]),
+        edited(SERVER, "srv-4", &[Set(WS_KEY, "x")]).replace(SERVER, "/v1/server?x=1"),
     ] {
         assert_refused(&mut h, &request, 429);
     }
     // Not an upgrade: /healthz and 404 are not rate limited.
-    assert_eq!(healthz(&mut h).1["connected_binaries"], 1);
+    assert_eq!(h.healthz().1["connected_binaries"], 1);
     assert_eq!(status_of(&mut h, "GET /nope HTTP/1.1\r\n\r\n"), 404);
-    assert_eq!(h.stats().binaries, 1);
-    assert_eq!(h.stats().phones, 0);
+    assert_eq!(h.peers(), (1, 0));
 }
 
 #[test]
@@ -690,98 +644,58 @@ fn the_rate_limit_refills_one_attempt_per_interval() {
         c.rate_limit_burst = 1;
         c.rate_limit_interval = Duration::from_secs(6);
     });
-    let (status, _, _b1) = h.upgrade("/v1/server", &binary_headers("srv-1"));
-    assert_eq!(status, 101);
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-2")),
-        429,
-    );
-
+    let _b1 = h.binary("srv-1");
+    refuse_binary(&mut h, "srv-2", 429);
     h.advance(Duration::from_secs(5));
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-2")),
-        429,
-    );
+    refuse_binary(&mut h, "srv-2", 429);
     h.advance(Duration::from_secs(1));
-    let (status, response, _b2) = h.upgrade("/v1/server", &binary_headers("srv-2"));
-    assert_eq!(status, 101, "{response}");
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-3")),
-        429,
-    );
+    let _b2 = h.binary("srv-2");
+    refuse_binary(&mut h, "srv-3", 429);
 
     // Unused tokens pile up only to the burst.
     h.advance(Duration::from_secs(60));
-    let (status, _, _b3) = h.upgrade("/v1/server", &binary_headers("srv-3"));
-    assert_eq!(status, 101);
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-4")),
-        429,
-    );
+    let _b3 = h.binary("srv-3");
+    refuse_binary(&mut h, "srv-4", 429);
     assert_eq!(h.stats().binaries, 3);
 }
 
 #[test]
 fn the_rate_limit_uses_x_forwarded_for_only_when_trusted() {
-    let mut h = Harness::with_config(|c| c.rate_limit_burst = 1);
-    let (status, _, _b) = h.upgrade("/v1/server", &binary_headers("srv-1"));
-    assert_eq!(status, 101);
     let mut forwarded = binary_headers("srv-2");
     forwarded.push(("X-Forwarded-For", "203.0.113.7".to_string()));
-    assert_refused(&mut h, &upgrade_head("/v1/server", &forwarded), 429);
-
-    let mut h = Harness::with_config(|c| {
-        c.rate_limit_burst = 1;
-        c.trust_x_forwarded_for = true;
-    });
-    let (status, _, _b) = h.upgrade("/v1/server", &binary_headers("srv-1"));
-    assert_eq!(status, 101);
-    let (status, response, _b2) = h.upgrade("/v1/server", &forwarded);
-    assert_eq!(status, 101, "{response}");
-    assert_refused(&mut h, &upgrade_head("/v1/server", &forwarded), 429);
+    for trusted in [false, true] {
+        let mut h = Harness::with_config(|c| {
+            c.rate_limit_burst = 1;
+            c.trust_x_forwarded_for = trusted;
+        });
+        let _b = h.binary("srv-1");
+        // Trusted, the forwarded address has a bucket of its own.
+        let _b2 = trusted.then(|| {
+            let (status, response, b2) = h.upgrade(SERVER, &forwarded);
+            assert_eq!(status, 101, "{response}");
+            b2
+        });
+        assert_refused(&mut h, &upgrade_head(SERVER, &forwarded), 429);
+    }
 }
 
 #[test]
 fn the_global_connection_cap_is_503() {
     let mut h = Harness::with_config(|c| c.max_connections = 1);
     let binary = h.binary("srv-1");
-    let response = assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-2")),
-        503,
-    );
+    let response = refuse_binary(&mut h, "srv-2", 503);
     assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/client", &phone_headers("srv-1")),
-        503,
-    );
+    assert_refused(&mut h, &upgrade_head(CLIENT, &phone_headers("srv-1")), 503);
     // Capacity is checked before the header gate and the WebSocket rules.
-    assert_refused(
-        &mut h,
-        &head(
-            "GET",
-            "/v1/server",
-            &with(
-                &without(&server_request("x y"), "User-Agent"),
-                "Sec-WebSocket-Version",
-                "8",
-            ),
-        ),
-        503,
-    );
+    let hopeless = edited(SERVER, "x y", &[Remove(UA), Set(WS_VERSION, "8")]);
+    assert_refused(&mut h, &hopeless, 503);
     // /healthz does not count and is not refused.
-    assert_eq!(healthz(&mut h).1["connected_binaries"], 1);
+    assert_eq!(h.healthz().1["connected_binaries"], 1);
     assert_eq!(h.stats().phones, 0);
 
     drop(binary);
     h.settle();
-    let (status, response, _b) = h.upgrade("/v1/server", &binary_headers("srv-2"));
-    assert_eq!(status, 101, "{response}");
+    let _b = h.binary("srv-2");
 }
 
 #[test]
@@ -791,33 +705,17 @@ fn the_rate_limit_is_checked_before_the_global_cap() {
         c.rate_limit_burst = 2;
     });
     let _binary = h.binary("srv-1");
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-2")),
-        503,
-    );
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-2")),
-        429,
-    );
+    refuse_binary(&mut h, "srv-2", 503);
+    refuse_binary(&mut h, "srv-2", 429);
 }
 
 #[test]
 fn the_per_ip_connection_cap_is_429() {
     let mut h = Harness::with_config(|c| c.max_connections_per_ip = 1);
     let mut binary = h.binary("srv-1");
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/client", &phone_headers("srv-1")),
-        429,
-    );
-    assert_refused(
-        &mut h,
-        &upgrade_head("/v1/server", &binary_headers("srv-2")),
-        429,
-    );
-    assert_eq!(healthz(&mut h).1["connected_binaries"], 1);
+    assert_refused(&mut h, &upgrade_head(CLIENT, &phone_headers("srv-1")), 429);
+    refuse_binary(&mut h, "srv-2", 429);
+    assert_eq!(h.healthz().1["connected_binaries"], 1);
     assert_eq!(h.stats().phones, 0);
 
     // The binary closes cleanly: its slot is free again.
@@ -826,8 +724,7 @@ fn the_per_ip_connection_cap_is_429() {
     binary.wait_eof(&mut h);
     drop(binary);
     h.settle();
-    let (status, response, _b) = h.upgrade("/v1/server", &binary_headers("srv-2"));
-    assert_eq!(status, 101, "{response}");
+    let _b = h.binary("srv-2");
 }
 
 // ---------------------------------------------------------------- the 101
@@ -895,21 +792,12 @@ fn the_101_carries_only_upgrade_connection_and_accept() {
 #[test]
 fn refusals_decided_after_the_101_are_websocket_closes() {
     let mut h = Harness::with_config(|c| c.max_phones_per_server = 1);
-    let (status, _, mut stray) = h.upgrade("/v1/client", &phone_headers("srv-none"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        stray.expect_closed_by_relay(&mut h),
-        (Some(4404), "no server with that id".to_string())
-    );
+    let mut stray = h.phone("srv-none");
+    stray.expect_closed(&mut h, NO_SERVER);
 
-    let mut binary = h.binary("srv-1");
-    let (_phone, _) = h.phone_with_id("srv-1", &mut binary);
-    let (status, _, mut extra) = h.upgrade("/v1/client", &phone_headers("srv-1"));
-    assert_eq!(status, 101);
-    assert_eq!(
-        extra.expect_closed_by_relay(&mut h),
-        (Some(4429), "too many phones for server-id".to_string())
-    );
+    let (_binary, _phone, _) = h.pair("srv-1");
+    let mut extra = h.phone("srv-1");
+    extra.expect_closed(&mut h, TOO_MANY_PHONES);
 }
 
 // ---------------------------------------------------------------- request head
@@ -1077,19 +965,13 @@ fn the_rate_limit_refills_on_time_when_polled_every_second() {
         c.rate_limit_burst = 1;
         c.rate_limit_interval = Duration::from_secs(6);
     });
-    let (status, _, _b1) = h.upgrade("/v1/server", &binary_headers("srv-1"));
-    assert_eq!(status, 101);
+    let _b1 = h.binary("srv-1");
     // A client retrying every second is refused for five seconds ...
     for _ in 0..5 {
         h.advance(Duration::from_secs(1));
-        assert_refused(
-            &mut h,
-            &upgrade_head("/v1/server", &binary_headers("srv-2")),
-            429,
-        );
+        refuse_binary(&mut h, "srv-2", 429);
     }
     // ... and let in once the interval has passed.
     h.advance(Duration::from_secs(1));
-    let (status, response, _b2) = h.upgrade("/v1/server", &binary_headers("srv-2"));
-    assert_eq!(status, 101, "{response}");
+    let _b2 = h.binary("srv-2");
 }

@@ -10,6 +10,9 @@ use std::net::{Shutdown, SocketAddr};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use pyrycode_relay::buffer::Unpooled;
+use pyrycode_relay::ws::{self as codec, write_close, write_frame, Event, FrameKind, Reader};
+
 use crate::wsproto as ws;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -24,7 +27,10 @@ enum State {
 struct Conn {
     stream: TcpStream,
     state: State,
-    inbuf: Vec<u8>,
+    /// The request head while it is partial.
+    head: Vec<u8>,
+    /// The client's frames: the library's WebSocket reader, server side.
+    reader: Reader,
     out: Vec<u8>,
     out_pos: usize,
     fin_sent: bool,
@@ -72,7 +78,8 @@ pub fn run(listen: SocketAddr) -> std::io::Result<()> {
                             entry.insert(Conn {
                                 stream,
                                 state: State::Head,
-                                inbuf: Vec::new(),
+                                head: Vec::new(),
+                                reader: Reader::new(codec::Role::Server),
                                 out: Vec::new(),
                                 out_pos: 0,
                                 fin_sent: false,
@@ -120,25 +127,15 @@ fn read(conn: &mut Conn, scratch: &mut [u8]) -> bool {
         match conn.stream.read(scratch) {
             Ok(0) => return false,
             Ok(n) => {
-                if conn.inbuf.is_empty() {
-                    match process(conn, &mut scratch[..n]) {
-                        Some(used) => {
-                            if used < n {
-                                conn.inbuf.extend_from_slice(&scratch[used..n]);
-                            }
-                        }
-                        None => return false,
+                let alive = match conn.state {
+                    State::Head => {
+                        conn.head.extend_from_slice(&scratch[..n]);
+                        answer_upgrade(conn)
                     }
-                } else {
-                    let mut inbuf = std::mem::take(&mut conn.inbuf);
-                    inbuf.extend_from_slice(&scratch[..n]);
-                    match process(conn, &mut inbuf) {
-                        Some(used) => {
-                            inbuf.drain(..used);
-                            conn.inbuf = inbuf;
-                        }
-                        None => return false,
-                    }
+                    State::Open | State::Closing => echo(conn, &mut scratch[..n]),
+                };
+                if !alive {
+                    return false;
                 }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => return true,
@@ -148,63 +145,60 @@ fn read(conn: &mut Conn, scratch: &mut [u8]) -> bool {
     }
 }
 
-/// Handles what is complete at the start of `buf`; `None` ends the
-/// connection.
-fn process(conn: &mut Conn, buf: &mut [u8]) -> Option<usize> {
-    let mut used = 0;
-    if matches!(conn.state, State::Head) {
-        let end = match ws::head_end(buf) {
-            Some(end) => end,
-            None if buf.len() > 16 * 1024 => return None,
-            None => return Some(0),
-        };
-        let head = std::str::from_utf8(&buf[..end]).ok()?;
-        let key = ws::header(head, "sec-websocket-key")?;
-        let accept = ws::accept_for(key);
-        conn.out.extend_from_slice(
-            format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        conn.state = State::Open;
-        used = end;
-    }
-    loop {
-        let frame = match ws::parse_frame(&buf[used..]) {
-            Ok(Some(f)) => f,
-            Ok(None) => return Some(used),
-            Err(_) => return None,
-        };
-        let (start, end) = (used + frame.start, used + frame.end);
-        let mask = frame.mask?; // clients must mask
-        ws::apply_mask(&mut buf[start..end], mask);
-        used += frame.end;
-        if !matches!(conn.state, State::Open) {
-            continue;
-        }
-        let payload = &buf[start..end];
-        match frame.opcode {
-            ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONT => {
-                // Unfragmented messages only: echo each frame as it is.
-                ws::write_server_frame(&mut conn.out, frame.opcode, payload);
-            }
-            ws::OP_PING => ws::write_server_frame(&mut conn.out, ws::OP_PONG, payload),
-            ws::OP_PONG => {}
-            ws::OP_CLOSE => {
-                let code = ws::close_code(payload);
-                let body = if code == 1005 {
-                    Vec::new()
+/// Answers a complete request head with the 101; the bytes after it are
+/// the first WebSocket bytes. `false` ends the connection.
+fn answer_upgrade(conn: &mut Conn) -> bool {
+    let end = match ws::head_end(&conn.head) {
+        Some(end) => end,
+        None => return conn.head.len() <= 16 * 1024,
+    };
+    let Some(key) = std::str::from_utf8(&conn.head[..end])
+        .ok()
+        .and_then(|head| ws::header(head, "sec-websocket-key"))
+    else {
+        return false;
+    };
+    let accept = ws::accept_for(key);
+    conn.out.extend_from_slice(
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    conn.state = State::Open;
+    let mut rest = std::mem::take(&mut conn.head);
+    rest.drain(..end);
+    echo(conn, &mut rest)
+}
+
+/// Every message comes back as it came (text or binary), pings get
+/// pongs, a close is answered. `false` ends the connection (a protocol
+/// error).
+fn echo(conn: &mut Conn, input: &mut [u8]) -> bool {
+    let mut batch = conn.reader.batch(input, usize::MAX);
+    let mut alive = true;
+    while let Some(event) = batch.next(&mut Unpooled) {
+        match event {
+            Event::Message { text, payload } => {
+                let kind = if text {
+                    FrameKind::Text
                 } else {
-                    code.to_be_bytes().to_vec()
+                    FrameKind::Binary
                 };
-                ws::write_server_frame(&mut conn.out, ws::OP_CLOSE, &body);
+                write_frame(&mut conn.out, kind, payload);
+            }
+            Event::Ping(payload) => write_frame(&mut conn.out, FrameKind::Pong, payload),
+            Event::Pong(_) => {}
+            Event::Close { code, .. } => {
+                write_close(&mut conn.out, code, "");
                 conn.state = State::Closing;
             }
-            _ => return None,
+            Event::Error(_) => alive = false,
         }
     }
+    batch.finish(&mut Unpooled);
+    alive
 }
 
 /// Writes until WouldBlock; false when the connection is over.

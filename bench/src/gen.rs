@@ -22,6 +22,9 @@ use hdrhistogram::Histogram;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use pyrycode_relay::buffer::BufferPool;
+use pyrycode_relay::ws::{self as codec, write_client_frame, Event, Reader};
+
 use crate::sys::{self, TimerFd};
 use crate::tls;
 use crate::transport::Transport;
@@ -95,7 +98,10 @@ struct Conn {
     key: Box<str>,
     started: Instant,
     request: Vec<u8>,
-    inbuf: Vec<u8>,
+    /// The response head while it is partial (upgrading only).
+    head: Vec<u8>,
+    /// The target's frames: the library's WebSocket reader, client side.
+    reader: Reader,
     out: Vec<u8>,
     out_pos: usize,
     dirty: bool,
@@ -122,6 +128,15 @@ struct OpenLoop {
     start: Instant,
     sent: u64,
     rr: usize,
+    /// The first this many phones take turns sending.
+    phones: usize,
+}
+
+/// Churn paced to a rate of new lifecycles.
+struct ChurnPace {
+    rate: f64,
+    start: Instant,
+    started: u64,
 }
 
 /// Figures collected since the last [`Gen::reset_stats`].
@@ -136,6 +151,8 @@ pub struct Stats {
     pub upgrade: Histogram<u64>,
     pub upgrades: u64,
     pub close_notices: u64,
+    /// Churning phones whose close handshake completed (also in `completed`).
+    pub churn_cycles: u64,
 }
 
 impl Stats {
@@ -148,6 +165,7 @@ impl Stats {
             upgrade: hist(),
             upgrades: 0,
             close_notices: 0,
+            churn_cycles: 0,
         }
     }
 }
@@ -161,6 +179,8 @@ pub struct Gen {
     scratch: Vec<u8>,
     /// Ciphertext of one read (TLS only; empty otherwise).
     tls_scratch: Vec<u8>,
+    /// Buffers the readers borrow for partial frames.
+    buffers: BufferPool,
     rng: Rng,
     target: Target,
     mode: Mode,
@@ -187,6 +207,7 @@ pub struct Gen {
     sending: bool,
     open_loop: Option<OpenLoop>,
     churn_concurrency: usize,
+    churn_pace: Option<ChurnPace>,
     churn_active: usize,
     next_phone_index: usize,
     pub stats: Stats,
@@ -240,6 +261,7 @@ impl Gen {
             dirty: Vec::new(),
             scratch: vec![0; SCRATCH],
             tls_scratch,
+            buffers: BufferPool::default(),
             rng,
             target,
             mode,
@@ -260,6 +282,7 @@ impl Gen {
             sending: false,
             open_loop: None,
             churn_concurrency: 0,
+            churn_pace: None,
             churn_active: 0,
             next_phone_index: 0,
             stats: Stats::new(),
@@ -346,7 +369,8 @@ impl Gen {
             key: ws_key.into_boxed_str(),
             started: Instant::now(),
             request,
-            inbuf: Vec::new(),
+            head: Vec::new(),
+            reader: Reader::new(codec::Role::Client),
             out: Vec::new(),
             out_pos: 0,
             dirty: false,
@@ -427,6 +451,11 @@ impl Gen {
     /// Open loop: phones send `rate` messages per second in total, each
     /// timed from its scheduled send time (no coordinated omission).
     pub fn start_open_loop(&mut self, rate: f64) {
+        self.start_open_loop_on(rate, self.phones.len());
+    }
+
+    /// Open loop over the first `phones` phones only (the others idle).
+    pub fn start_open_loop_on(&mut self, rate: f64, phones: usize) {
         self.sending = true;
         self.in_flight = 0;
         self.open_loop = Some(OpenLoop {
@@ -434,6 +463,7 @@ impl Gen {
             start: Instant::now(),
             sent: 0,
             rr: 0,
+            phones: phones.min(self.phones.len()),
         });
         sys::tighten_timer_slack();
     }
@@ -444,11 +474,36 @@ impl Gen {
         self.sending = true;
     }
 
+    /// Churn, starting at most `rate` lifecycles a second.
+    pub fn start_paced_churn(&mut self, concurrency: usize, rate: f64) {
+        self.churn_pace = Some(ChurnPace {
+            rate,
+            start: Instant::now(),
+            started: 0,
+        });
+        self.start_churn(concurrency);
+    }
+
     /// Stops sending new messages and starting new lifecycles.
     pub fn stop_sending(&mut self) {
         self.sending = false;
         self.open_loop = None;
         self.churn_concurrency = 0;
+        self.churn_pace = None;
+    }
+
+    /// Whether the pace allows one more churn lifecycle now.
+    fn churn_due(&mut self) -> bool {
+        let Some(pace) = self.churn_pace.as_mut() else {
+            return true;
+        };
+        let elapsed = pace.start.elapsed().as_secs_f64();
+        if (pace.started as f64) < elapsed * pace.rate + 1.0 {
+            pace.started += 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Fanout: every phone says hello so that its binary learns its conn_id.
@@ -461,7 +516,7 @@ impl Gen {
             let hello = format!(r#"{{"v":2,"type":"hello","phone":{i}}}"#);
             let mask = self.rng.mask();
             let conn = &mut self.conns[key];
-            ws::write_client_frame(&mut conn.out, ws::OP_TEXT, &[hello.as_bytes()], mask);
+            write_client_frame(&mut conn.out, ws::OP_TEXT, true, &[hello.as_bytes()], mask);
             self.mark_dirty(key);
         }
         self.flush_dirty();
@@ -471,6 +526,11 @@ impl Gen {
         self.conns
             .get(key)
             .is_some_and(|c| matches!(c.state, State::Open))
+    }
+
+    /// Churning phones whose lifecycle has not ended.
+    pub fn churning(&self) -> usize {
+        self.churn_active
     }
 
     /// Setup still running: connects queued or in progress.
@@ -629,20 +689,11 @@ impl Gen {
                 }
                 Ok(n) => {
                     let now = Instant::now();
-                    let mut inbuf = std::mem::take(&mut conn.inbuf);
-                    if inbuf.is_empty() {
-                        let used = self.consume(key, &mut scratch[..n], now);
-                        if used < n {
-                            inbuf.extend_from_slice(&scratch[used..n]);
-                        }
+                    if matches!(conn.state, State::Upgrading) {
+                        conn.head.extend_from_slice(&scratch[..n]);
+                        self.read_head(key, now);
                     } else {
-                        inbuf.extend_from_slice(&scratch[..n]);
-                        let used = self.consume(key, &mut inbuf, now);
-                        inbuf.drain(..used);
-                    }
-                    match self.conns.get_mut(key) {
-                        Some(conn) => conn.inbuf = inbuf,
-                        None => break,
+                        self.decode(key, &mut scratch[..n], now);
                     }
                 }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => break,
@@ -658,43 +709,55 @@ impl Gen {
         self.tls_scratch = cipher;
     }
 
-    /// Handles the complete frames (or response head) at the start of
-    /// `buf`; returns how many bytes were used.
-    fn consume(&mut self, key: usize, buf: &mut [u8], now: Instant) -> usize {
-        let mut used = 0;
-        if matches!(self.conns[key].state, State::Upgrading) {
-            let Some(end) = ws::head_end(buf) else {
-                return 0;
-            };
-            let conn = &mut self.conns[key];
-            if let Err(what) = ws::check_upgrade_response(&buf[..end], &conn.key) {
-                self.fail(key, what);
-                return buf.len();
-            }
-            used = end;
-            self.on_upgraded(key, now);
+    /// The response to the upgrade request, once its head is complete:
+    /// checked, and the bytes after it handed to the WebSocket reader.
+    fn read_head(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        let Some(end) = ws::head_end(&conn.head) else {
+            return;
+        };
+        if let Err(what) = ws::check_upgrade_response(&conn.head[..end], &conn.key) {
+            return self.fail(key, what);
         }
+        let mut rest = std::mem::take(&mut conn.head);
+        rest.drain(..end);
+        self.on_upgraded(key, now);
+        if self.conns.contains(key) && !rest.is_empty() {
+            self.decode(key, &mut rest, now);
+        }
+    }
+
+    /// Runs `input` through the connection's WebSocket reader and acts on
+    /// each event. Frames are decoded in place; the reader keeps only a
+    /// partial frame (or a fragmented message) between reads.
+    fn decode(&mut self, key: usize, input: &mut [u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut reader = std::mem::replace(&mut conn.reader, Reader::new(codec::Role::Client));
+        let mut buffers = std::mem::take(&mut self.buffers);
+        let mut batch = reader.batch(input, usize::MAX);
         while self.conns.contains(key) {
-            let frame = match ws::parse_frame(&buf[used..]) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(what) => {
-                    self.fail(key, format!("bad frame from target: {what}"));
-                    return buf.len();
-                }
+            let Some(event) = batch.next(&mut buffers) else {
+                break;
             };
-            let (start, end) = (used + frame.start, used + frame.end);
-            if let Some(mask) = frame.mask {
-                ws::apply_mask(&mut buf[start..end], mask);
+            match event {
+                Event::Message { text, payload } => self.on_message(key, text, payload, now),
+                Event::Ping(payload) => self.on_ping(key, payload),
+                Event::Pong(_) => {}
+                Event::Close { code, reason } => self.on_close(key, code, reason),
+                Event::Error(error) => {
+                    let what = format!("bad frame from target: {}", error.describe());
+                    self.fail(key, what);
+                }
             }
-            if !frame.fin || frame.opcode == ws::OP_CONT {
-                self.fail(key, "fragmented message from target".into());
-                return buf.len();
-            }
-            self.on_frame(key, frame.opcode, &buf[start..end], now);
-            used += frame.end;
         }
-        used
+        batch.finish(&mut buffers);
+        self.buffers = buffers;
+        match self.conns.get_mut(key) {
+            Some(conn) => conn.reader = reader,
+            None => reader.release(&mut self.buffers),
+        }
     }
 
     fn on_upgraded(&mut self, key: usize, now: Instant) {
@@ -723,59 +786,53 @@ impl Gen {
         }
     }
 
-    fn on_frame(&mut self, key: usize, opcode: u8, payload: &[u8], now: Instant) {
-        match opcode {
-            ws::OP_TEXT | ws::OP_BINARY => {
-                if !matches!(self.conns[key].state, State::Open) {
-                    return;
-                }
-                if matches!(self.conns[key].role, Role::Binary { .. }) {
-                    self.binary_message(key, payload, now);
-                } else {
-                    self.phone_message(key, opcode, payload, now);
+    fn on_message(&mut self, key: usize, text: bool, payload: &[u8], now: Instant) {
+        if !matches!(self.conns[key].state, State::Open) {
+            return;
+        }
+        if matches!(self.conns[key].role, Role::Binary { .. }) {
+            self.binary_message(key, payload, now);
+        } else {
+            self.phone_message(key, text, payload, now);
+        }
+    }
+
+    fn on_ping(&mut self, key: usize, payload: &[u8]) {
+        let mask = self.rng.mask();
+        let conn = &mut self.conns[key];
+        write_client_frame(&mut conn.out, ws::OP_PONG, true, &[payload], mask);
+        self.mark_dirty(key);
+    }
+
+    /// The target's close: the answer to ours (a churn cycle ends), or its
+    /// own, which the benchmark counts as an error and echoes.
+    fn on_close(&mut self, key: usize, code: Option<u16>, reason: &str) {
+        let conn = &mut self.conns[key];
+        match conn.state {
+            State::Closing => {
+                conn.state = State::AwaitEof;
+                if let Role::Phone { churn: true, .. } = conn.role {
+                    self.stats.completed += 1;
+                    self.stats.churn_cycles += 1;
                 }
             }
-            ws::OP_PING => {
+            State::Open => {
+                let what = match conn.role {
+                    Role::Binary { .. } => "binary",
+                    Role::Phone { .. } => "phone",
+                };
                 let mask = self.rng.mask();
-                let conn = &mut self.conns[key];
-                ws::write_client_frame(&mut conn.out, ws::OP_PONG, &[payload], mask);
+                let echoed = code.map(u16::to_be_bytes);
+                let payload: &[u8] = echoed.as_ref().map_or(&[], |bytes| &bytes[..]);
+                write_client_frame(&mut conn.out, ws::OP_CLOSE, true, &[payload], mask);
+                conn.state = State::AwaitEof;
                 self.mark_dirty(key);
+                let code = code.unwrap_or(1005);
+                self.errors
+                    .add(format!("{what} closed by target: {code} {reason:?}"));
+                self.count_closed(key);
             }
-            ws::OP_PONG => {}
-            ws::OP_CLOSE => {
-                let conn = &mut self.conns[key];
-                match conn.state {
-                    State::Closing => {
-                        conn.state = State::AwaitEof;
-                        if let Role::Phone { churn: true, .. } = conn.role {
-                            self.stats.completed += 1;
-                        }
-                    }
-                    State::Open => {
-                        let code = ws::close_code(payload);
-                        let reason =
-                            String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
-                        let what = match conn.role {
-                            Role::Binary { .. } => "binary",
-                            Role::Phone { .. } => "phone",
-                        };
-                        let mask = self.rng.mask();
-                        ws::write_client_frame(
-                            &mut conn.out,
-                            ws::OP_CLOSE,
-                            &[&code.to_be_bytes()],
-                            mask,
-                        );
-                        conn.state = State::AwaitEof;
-                        self.mark_dirty(key);
-                        self.errors
-                            .add(format!("{what} closed by target: {code} {reason:?}"));
-                        self.count_closed(key);
-                    }
-                    _ => {}
-                }
-            }
-            other => self.fail(key, format!("unknown opcode {other}")),
+            _ => {}
         }
     }
 
@@ -786,8 +843,8 @@ impl Gen {
         }
     }
 
-    fn phone_message(&mut self, key: usize, opcode: u8, payload: &[u8], now: Instant) {
-        if opcode != ws::OP_TEXT {
+    fn phone_message(&mut self, key: usize, text: bool, payload: &[u8], now: Instant) {
+        if !text {
             return self.fail(key, "phone got a binary frame".into());
         }
         if payload != self.payload.as_slice() {
@@ -809,7 +866,13 @@ impl Gen {
             // One exchange done: close, wait for the close and the FIN.
             let mask = self.rng.mask();
             let conn = &mut self.conns[key];
-            ws::write_client_frame(&mut conn.out, ws::OP_CLOSE, &[&1000u16.to_be_bytes()], mask);
+            write_client_frame(
+                &mut conn.out,
+                ws::OP_CLOSE,
+                true,
+                &[&1000u16.to_be_bytes()],
+                mask,
+            );
             conn.state = State::Closing;
             self.open_phones -= 1;
             self.mark_dirty(key);
@@ -827,7 +890,7 @@ impl Gen {
     fn phone_send(&mut self, key: usize, sent_at: Instant) {
         let mask = self.rng.mask();
         let conn = &mut self.conns[key];
-        ws::write_client_frame(&mut conn.out, ws::OP_TEXT, &[&self.payload], mask);
+        write_client_frame(&mut conn.out, ws::OP_TEXT, true, &[&self.payload], mask);
         if let Role::Phone { fifo, .. } = &mut conn.role {
             fifo.push_back(sent_at);
         }
@@ -853,9 +916,10 @@ impl Gen {
         }
         let mask = self.rng.mask();
         let out = &mut self.conns[binary].out;
-        ws::write_client_frame(
+        write_client_frame(
             out,
             ws::OP_TEXT,
+            true,
             &[
                 br#"{"conn_id":""#,
                 conn_id.as_bytes(),
@@ -909,7 +973,7 @@ impl Gen {
                     // relay's envelope has exactly the shape of the answer.
                     let mask = self.rng.mask();
                     let conn = &mut self.conns[key];
-                    ws::write_client_frame(&mut conn.out, ws::OP_TEXT, &[payload], mask);
+                    write_client_frame(&mut conn.out, ws::OP_TEXT, true, &[payload], mask);
                     self.mark_dirty(key);
                 }
             }
@@ -961,7 +1025,7 @@ impl Gen {
     }
 
     fn spawn_churners(&mut self) {
-        while self.sending && self.churn_active < self.churn_concurrency {
+        while self.sending && self.churn_active < self.churn_concurrency && self.churn_due() {
             let index = self.next_phone_index;
             self.next_phone_index += 1;
             let binary = if self.target.relay {
@@ -1000,7 +1064,7 @@ impl Gen {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(ol.start).as_secs_f64();
         let due = (elapsed * ol.rate) as u64 + 1;
-        let phones = self.phones.len();
+        let phones = ol.phones;
         let mut batch = 0;
         while ol.sent < due && batch < 4096 && phones > 0 {
             let at = ol.start + Duration::from_secs_f64(ol.sent as f64 / ol.rate);
@@ -1017,7 +1081,7 @@ impl Gen {
             }) = self.conns.get_mut(key)
             {
                 let mask = self.rng.mask();
-                ws::write_client_frame(out, ws::OP_TEXT, &[&self.payload], mask);
+                write_client_frame(out, ws::OP_TEXT, true, &[&self.payload], mask);
                 fifo.push_back(at);
                 self.stats.sent += 1;
                 if !*dirty {

@@ -10,13 +10,17 @@
 //! is already running and reports what its clients see.
 
 mod echo_server;
+mod fd_exhaustion;
 mod gen;
 mod report;
+mod scale;
 mod scenario;
+mod soak;
 mod sys;
 mod target;
 mod tls;
 mod transport;
+mod upgrade;
 mod url;
 mod wsproto;
 
@@ -57,8 +61,26 @@ enum Cmd {
     /// Binaries push to their phones (relay only).
     Fanout(FanoutArgs),
     /// Phones connect, exchange one message, disconnect, continuously:
-    /// upgrades/s and upgrade latency.
+    /// upgrades/s and upgrade latency; RSS before, at peak and at rest.
     Churn(ChurnArgs),
+    /// The relay out of file descriptors (low RLIMIT_NOFILE, more
+    /// connections than that): its CPU use and wake-ups while accepting is
+    /// paused, and how fast it serves once descriptors come back.
+    FdExhaustion(FdExhaustionArgs),
+    /// SIGUSR2 in the middle of an echo load: the pause of an in-place
+    /// upgrade, frames lost and connections closed (relay only).
+    Upgrade(UpgradeArgs),
+    /// Idle phones, echo and churn together for a long time (relay only):
+    /// RSS sampled throughout, an upward trend over the last half flagged.
+    Soak(SoakArgs),
+    /// Three relays behind two peered HAProxy balancers (deploy/haproxy.cfg):
+    /// routing, a relay killed and restarted, a rolling restart
+    /// (`make test-scale`).
+    ScaleTest(scale::ScaleArgs),
+    /// What HAProxy in front of a relay costs (deploy/haproxy.cfg), beside
+    /// the same relay reached directly: CPU per message and per
+    /// connection, memory per connection, latency.
+    Balanced(scale::capacity::BalancedArgs),
     /// The plain WebSocket echo server behind HAProxy (started by the bench).
     #[command(hide = true)]
     EchoServer {
@@ -163,6 +185,10 @@ struct SuiteArgs {
     /// Concurrent phone lifecycles of the churn runs.
     #[arg(long, default_value_t = 64)]
     churn_concurrency: usize,
+    /// How long the relay rests after each churn run before its RSS at
+    /// rest is read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    churn_rest: Duration,
     /// Measured window of each closed-loop and churn run.
     #[arg(long, default_value = "4s", value_parser = parse_duration)]
     duration: Duration,
@@ -205,6 +231,30 @@ struct IdleArgs {
     /// How long connections are held before memory is read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     hold: Duration,
+}
+
+#[derive(Args, Debug)]
+struct UpgradeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connection counts (binaries and phones together), one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    connections: Vec<usize>,
+    /// Phones that echo through their binaries during the run.
+    #[arg(long, default_value_t = 1000)]
+    echo_phones: usize,
+    /// Echoes per second, all echoing phones together.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Phone message size in bytes.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Load before the signal.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    before: Duration,
+    /// Load after the signal.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    after: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +336,61 @@ struct ChurnArgs {
     /// Load before the measured window.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
+    /// How long the relay rests (binaries only) after the churn before
+    /// its RSS at rest is read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    rest: Duration,
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    #[command(flatten)]
+    common: Common,
+    /// How long the mixed load runs.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// RSS sampling interval.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Phones that only hold their connection.
+    #[arg(long, default_value_t = 1000)]
+    idle_phones: usize,
+    /// Phones that take turns sending at --rate.
+    #[arg(long, default_value_t = 100)]
+    echo_phones: usize,
+    /// Phones per simulated binary (server-id).
+    #[arg(long, default_value_t = 16)]
+    phones_per_binary: usize,
+    /// Echoes per second over all echo phones (open loop; 0: no echo).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Churning phone lifecycles in progress at most (0: no churn).
+    #[arg(long, default_value_t = 16)]
+    churn_concurrency: usize,
+    /// New churning lifecycles per second (0: as fast as the concurrency allows).
+    #[arg(long, default_value_t = 1000.0)]
+    churn_rate: f64,
+    /// Phone message size in bytes (a padded noise_msg JSON frame).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// How long the relay rests after the load before its RSS at rest is read.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    rest: Duration,
+}
+
+#[derive(Args, Debug)]
+struct FdExhaustionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The relay's RLIMIT_NOFILE (soft and hard).
+    #[arg(long, default_value_t = 64)]
+    fd_limit: u64,
+    /// Connections opened at once (more than the limit).
+    #[arg(long, default_value_t = 128)]
+    connections: usize,
+    /// Measured window while accepting is paused.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    duration: Duration,
 }
 
 /// `5s`, `500ms`, `1.5s`, `2m`.
@@ -303,8 +408,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let v: f64 = num
         .parse()
         .map_err(|_| format!("{text:?}: not a duration"))?;
-    if !(0.0..=3600.0).contains(&(v * mult)) {
-        return Err(format!("{text:?}: between 0 and 1 hour"));
+    if !(0.0..=86400.0).contains(&(v * mult)) {
+        return Err(format!("{text:?}: between 0 and 24 hours"));
     }
     Ok(Duration::from_secs_f64(v * mult))
 }
@@ -691,6 +796,40 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         primary: Kind::Relay,
     };
     let code = match cmd {
+        Cmd::Upgrade(a) => {
+            own_relay_only(&a.common, "upgrade", false)?;
+            let mut setup = setup(&a.common)?;
+            let mut outcomes = Vec::new();
+            for &connections in &a.connections {
+                let plan = upgrade::Plan {
+                    connections,
+                    echo_phones: a.echo_phones.min(connections * 16 / 17),
+                    rate: a.rate,
+                    size: a.size,
+                    before: a.before,
+                    after: a.after,
+                };
+                outcomes.push((upgrade::run(&mut setup.env, &plan)?, plan));
+            }
+            for (outcome, plan) in &outcomes {
+                upgrade::print(std::slice::from_ref(outcome), plan);
+            }
+            if let Some(path) = &setup.json {
+                let runs: Vec<Value> = outcomes.iter().map(|(o, _)| o.json()).collect();
+                let doc = json!({"machine": setup.machine, "upgrade": runs});
+                std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap_or_default())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let clean = outcomes.iter().all(|(o, _)| o.lost == 0 && o.closed == 0);
+            return Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Cmd::Soak(a) => return soak(a),
+        Cmd::ScaleTest(a) => return Ok(scale::run(a)),
+        Cmd::Balanced(a) => return scale::capacity::run(a),
         Cmd::EchoServer { listen } => {
             echo_server::run(listen).map_err(|e| format!("echo server: {e}"))?;
             return Ok(ExitCode::SUCCESS);
@@ -776,7 +915,15 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             }
             eprintln!("== churn");
             runner.pair(env, ha, |env, kind| {
-                env.churn(kind, a.churn_concurrency, 4, a.size, a.warmup, a.duration)
+                env.churn(
+                    kind,
+                    a.churn_concurrency,
+                    4,
+                    a.size,
+                    a.warmup,
+                    a.duration,
+                    a.churn_rest,
+                )
             });
             if !a.no_fanout && runner.primary != Kind::Haproxy {
                 eprintln!("== fanout");
@@ -918,10 +1065,90 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     a.size,
                     a.warmup,
                     a.duration,
+                    a.rest,
                 )
             });
             finish(&setup, &runner, &header(&setup), None, "")
         }
+        Cmd::FdExhaustion(a) => {
+            own_relay_only(&a.common, "fd-exhaustion", false)?;
+            let setup = setup(&a.common)?;
+            let m = fd_exhaustion::measure(
+                &setup.env.launch,
+                a.fd_limit,
+                a.connections,
+                a.duration,
+                !a.common.quiet,
+            )?;
+            m.print(&header(&setup));
+            if let Some(path) = &setup.json {
+                let mut machine = setup.machine.clone();
+                machine["load_average_at_end"] = json!(loadavg());
+                m.write_json(path, machine)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                println!("json: {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&setup.env.launch.workdir);
+            ExitCode::SUCCESS
+        }
     };
     Ok(code)
+}
+
+fn soak(a: SoakArgs) -> Result<ExitCode, String> {
+    if a.interval.is_zero() {
+        return Err("--interval must be more than 0".into());
+    }
+    own_relay_only(&a.common, "soak", true)?;
+    let mut setup = setup(&a.common)?;
+    let params = soak::SoakParams {
+        duration: a.duration,
+        interval: a.interval,
+        idle_phones: a.idle_phones,
+        echo_phones: a.echo_phones,
+        phones_per_binary: a.phones_per_binary.max(1),
+        rate: a.rate.max(0.0),
+        churn_concurrency: a.churn_concurrency,
+        churn_rate: a.churn_rate.max(0.0),
+        size: a.size,
+        rest: a.rest,
+    };
+    let result = setup.env.soak(&params)?;
+    result.print(&header(&setup));
+    if let Some(path) = &setup.json {
+        let mut machine = setup.machine.clone();
+        machine["load_average_at_end"] = json!(loadavg());
+        let doc = json!({"machine": machine, "soak": result.json()});
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("json: {}", path.display());
+    }
+    if result.errors.count > 0 {
+        eprintln!(
+            "\nrelay-bench: {} protocol or connection errors during the soak: {}",
+            result.errors.count,
+            result.errors.samples.join("; ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if result.trend.verdict == soak::Verdict::Upward {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses `--url` for a subcommand that starts its own relay, and `--tls`
+/// for one that measures plain connections only.
+fn own_relay_only(common: &Common, what: &str, over_tls: bool) -> Result<(), String> {
+    if common.url.is_some() {
+        return Err(format!(
+            "{what} starts and watches its own relay; --url is not supported"
+        ));
+    }
+    if common.tls && !over_tls {
+        return Err(format!(
+            "{what} measures plain connections; --tls is not supported"
+        ));
+    }
+    Ok(())
 }

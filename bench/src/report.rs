@@ -157,7 +157,7 @@ pub fn print(all: &[Measurement], header: &str) {
         println!();
         println!("## churn: phones connect, exchange one {} B message, close; upgrade latency = connect start → 101, µs", churn[0].size);
         println!(
-            "{:<8} {:<14} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>8} {:>6} {:>8} {:>6}",
+            "{:<8} {:<14} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>8} {:>6} {:>6}",
             "target",
             "load",
             "upgrades/s",
@@ -169,13 +169,12 @@ pub fn print(all: &[Measurement], header: &str) {
             "CPU/cycle",
             "proxy%",
             "gen%",
-            "HWM MiB",
             "errors"
         );
         for m in &churn {
             let p = m.upgrade_latency;
             println!(
-                "{:<8} {:<14} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>8} {:>6.1} {:>8} {:>6}",
+                "{:<8} {:<14} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>8} {:>6.1} {:>6}",
                 m.target.name(),
                 m.label,
                 fmt_count(m.throughput),
@@ -187,10 +186,10 @@ pub fn print(all: &[Measurement], header: &str) {
                 opt(m.cpu_per_cycle(), 1),
                 proxy_figure(m, format!("{:.1}", m.proxy_cpu_pct)),
                 m.gen_cpu_pct,
-                proxy_figure(m, mib(m.hwm_after)),
                 m.errors.count
             );
         }
+        print_churn_memory(&churn);
     }
     let ratios = ratios(all);
     if !ratios.is_empty() {
@@ -214,6 +213,39 @@ pub fn print(all: &[Measurement], header: &str) {
                 f("memory_per_client"),
             );
         }
+    }
+}
+
+/// What each churn burst left behind: RSS before it, at its peak (VmHWM)
+/// and at rest afterwards.
+fn print_churn_memory(churn: &[&Measurement]) {
+    let Some(after) = churn
+        .iter()
+        .find_map(|m| m.rest.as_ref())
+        .map(|r| r.after_s)
+    else {
+        return;
+    };
+    println!();
+    println!(
+        "## churn memory: VmRSS before the burst, its peak (VmHWM), and at rest {after:.0} s after it (relay: its binaries still connected)"
+    );
+    println!(
+        "{:<8} {:<14} {:>12} {:>10} {:>10} {:>10} {:>9}",
+        "target", "load", "connections", "before MiB", "peak MiB", "rest MiB", "kept MiB"
+    );
+    for m in churn {
+        let Some(rest) = &m.rest else { continue };
+        println!(
+            "{:<8} {:<14} {:>12} {:>10} {:>10} {:>10} {:>9}",
+            m.target.name(),
+            m.label,
+            fmt_count(m.upgrades as f64),
+            mib(m.rss_before),
+            mib(m.hwm_after),
+            mib(rest.rss),
+            format!("{:+.1}", rest.kept(m.rss_before) as f64 / 1048576.0),
+        );
     }
 }
 

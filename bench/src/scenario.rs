@@ -102,6 +102,9 @@ pub struct Measurement {
     pub rss_connected: u64,
     pub rss_after: u64,
     pub hwm_after: u64,
+    /// The proxy at rest after the load (churn): RSS sampled while only
+    /// the binaries stay connected.
+    pub rest: Option<Rest>,
     pub errors: Errors,
     pub command: String,
 }
@@ -203,11 +206,38 @@ impl Measurement {
             "rss_connected_bytes": self.rss_connected,
             "rss_after_bytes": self.rss_after,
             "hwm_after_bytes": self.hwm_after,
+            "rest": self.rest.as_ref().map(Rest::json),
             "rss_growth_per_connection_bytes": self.mem_per_conn(),
             "rss_growth_per_phone_bytes": self.mem_per_phone(),
             "errors": self.errors.count,
             "error_samples": self.errors.samples,
             "command": self.command,
+        })
+    }
+}
+
+/// Resident memory once the load is gone: what a burst leaves behind.
+#[derive(Clone, Debug)]
+pub struct Rest {
+    /// Seconds from the end of the load to the last sample.
+    pub after_s: f64,
+    /// VmRSS at the last sample.
+    pub rss: u64,
+    /// (seconds after the load, VmRSS) once a second.
+    pub samples: Vec<(f64, u64)>,
+}
+
+impl Rest {
+    /// What the load left behind: RSS at rest minus RSS before it.
+    pub fn kept(&self, before: u64) -> i64 {
+        self.rss as i64 - before as i64
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "after_s": self.after_s,
+            "rss_bytes": self.rss,
+            "samples": self.samples.iter().map(|(t, rss)| json!({"t_s": t, "rss_bytes": rss})).collect::<Vec<_>>(),
         })
     }
 }
@@ -320,7 +350,7 @@ impl Env {
         Ok(())
     }
 
-    fn start(
+    pub(crate) fn start(
         &mut self,
         kind: Kind,
         phones_per_server: usize,
@@ -336,7 +366,12 @@ impl Env {
         }
     }
 
-    fn generator(&self, running: &Running, mode: Mode, size: usize) -> Result<Gen, String> {
+    pub(crate) fn generator(
+        &self,
+        running: &Running,
+        mode: Mode,
+        size: usize,
+    ) -> Result<Gen, String> {
         let host = match (&self.remote, running.kind) {
             (Some(remote), Kind::Url) => remote.authority.clone(),
             _ => running.addr.to_string(),
@@ -350,7 +385,7 @@ impl Env {
         Gen::new(target, mode, size, self.sources.clone()).map_err(|e| format!("generator: {e}"))
     }
 
-    fn log(&self, text: &str) {
+    pub(crate) fn log(&self, text: &str) {
         if self.verbose {
             eprintln!("  {text}");
         }
@@ -358,7 +393,7 @@ impl Env {
 
     /// Connects `binaries` binaries and then `phones` phones; fails if any
     /// of them did not open.
-    fn populate(
+    pub(crate) fn populate(
         &self,
         gen: &mut Gen,
         running: &mut Running,
@@ -447,6 +482,7 @@ impl Env {
             rss_connected: connected.rss,
             rss_after: connected.rss,
             hwm_after: connected.hwm,
+            rest: None,
             errors,
             command,
         })
@@ -574,13 +610,16 @@ impl Env {
             rss_connected: connected.rss,
             rss_after: w1.proxy.rss,
             hwm_after: w1.proxy.hwm,
+            rest: None,
             errors,
             command,
         })
     }
 
     /// `churn`: `concurrency` phones at a time connect, exchange one
-    /// message, close; the relay's binaries stay up.
+    /// message, close; the relay's binaries stay up. Then, for `rest`,
+    /// nothing but the binaries: what the burst left behind in RSS.
+    #[allow(clippy::too_many_arguments)]
     pub fn churn(
         &mut self,
         kind: Kind,
@@ -589,6 +628,7 @@ impl Env {
         size: usize,
         warmup: Duration,
         duration: Duration,
+        rest: Duration,
     ) -> Result<Measurement, String> {
         let binaries = if kind.is_relay() { binaries.max(1) } else { 0 };
         self.check_fit(kind, concurrency, binaries)?;
@@ -609,6 +649,11 @@ impl Env {
         let w1 = Window::open(&running)?;
         gen.stop_sending();
         let stats = std::mem::replace(&mut gen.stats, crate::gen::Stats::new());
+        // A `--url` relay has no process to watch at rest.
+        let rest = match running.kind {
+            Kind::Url => Ok(None),
+            _ => self.rest(&mut gen, running.pid(), rest).map(Some),
+        };
         let errors = gen.errors.clone();
         gen.abort_all();
         let alive = running.alive();
@@ -618,6 +663,7 @@ impl Env {
         if !alive {
             return Err(format!("{} died during the run:\n{tail}", kind.name()));
         }
+        let rest = rest?;
         let secs = w1.proxy.at.duration_since(w0.proxy.at).as_secs_f64();
         let (proxy_cpu_us, proxy_sched_us, proxy_cpu_pct) = cpu(&w0.proxy, &w1.proxy);
         Ok(Measurement {
@@ -628,6 +674,7 @@ impl Env {
             params: json!({
                 "concurrency": concurrency, "binaries": binaries, "message_bytes": size,
                 "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(),
+                "rest_s": rest.as_ref().map(|r| r.after_s),
             }),
             phones: 0,
             binaries,
@@ -652,13 +699,45 @@ impl Env {
             rss_connected: w1.proxy.rss,
             rss_after: w1.proxy.rss,
             hwm_after: w1.proxy.hwm,
+            rest,
             errors,
             command,
         })
     }
 }
 
-fn sample(pid: u32) -> Result<ProcSample, String> {
+impl Env {
+    /// Lets the phone lifecycles in progress finish, then keeps only the
+    /// connections that stay (binaries, idle phones; pings answered) for
+    /// `rest`, sampling the proxy's RSS once a second. Call after
+    /// `stop_sending`.
+    pub(crate) fn rest(&self, gen: &mut Gen, pid: u32, rest: Duration) -> Result<Rest, String> {
+        gen.run_until(Instant::now() + Duration::from_secs(5), |g| {
+            g.churning() == 0
+        });
+        let start = Instant::now();
+        let end = start + rest;
+        self.log(&format!("at rest for {rest:?}"));
+        let mut samples = Vec::new();
+        loop {
+            let s = sample(pid)?;
+            samples.push((s.at.duration_since(start).as_secs_f64(), s.rss));
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            gen.run_until(end.min(now + Duration::from_secs(1)), |_| false);
+        }
+        let &(after_s, rss) = samples.last().expect("one sample at least");
+        Ok(Rest {
+            after_s,
+            rss,
+            samples,
+        })
+    }
+}
+
+pub(crate) fn sample(pid: u32) -> Result<ProcSample, String> {
     sys::sample(pid).map_err(|e| format!("/proc/{pid}: {e}"))
 }
 
@@ -680,7 +759,7 @@ impl Window {
 }
 
 /// (utime+stime µs, schedstat µs, CPU percent by utime+stime).
-fn cpu(a: &ProcSample, b: &ProcSample) -> (u64, f64, f64) {
+pub(crate) fn cpu(a: &ProcSample, b: &ProcSample) -> (u64, f64, f64) {
     let us = b.cpu_us.saturating_sub(a.cpu_us);
     let sched = b.sched_ns.saturating_sub(a.sched_ns) as f64 / 1000.0;
     let wall = b.at.duration_since(a.at).as_secs_f64() * 1e6;

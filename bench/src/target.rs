@@ -270,6 +270,15 @@ impl Running {
         }
     }
 
+    /// The measured process (scenarios that watch or signal it by pid
+    /// never run against a `--url` target, which has none).
+    pub fn pid(&self) -> u32 {
+        self.proxy
+            .as_ref()
+            .map(Child::id)
+            .expect("a --url target has no process")
+    }
+
     /// The measured process's memory and CPU time now. For `--url` there
     /// is no process: a sample with only the time in it, which the report
     /// never shows (see `Measurement::proxy_measured`).
@@ -316,6 +325,11 @@ impl Running {
             self.kind.name(),
             self.addr
         ))
+    }
+
+    /// Where the proxy's log goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The last lines the proxy logged.

@@ -27,7 +27,7 @@ use rustls::sign::CertifiedKey;
 use super::AcmeError;
 
 /// The path prefix of HTTP-01 requests.
-pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+pub const HTTP01_PREFIX: &str = crate::http::ACME_CHALLENGE_PREFIX;
 
 /// Challenge responses being served now.
 #[derive(Debug, Default)]

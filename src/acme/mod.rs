@@ -144,9 +144,19 @@ impl Acme {
     /// Reads the cache, then starts the thread. `waker` is the loop's
     /// `mio::Waker` (its token tells the loop to call [`Acme::try_recv`]).
     pub fn start(config: AcmeConfig, waker: Arc<Waker>) -> io::Result<Acme> {
+        Acme::start_with(config, waker, Arc::new(Challenges::default()))
+    }
+
+    /// [`Acme::start`], publishing challenge responses in `challenges`:
+    /// the caller can build its TLS config and bind its listeners first,
+    /// so that they are there before the CA is told to validate.
+    pub fn start_with(
+        config: AcmeConfig,
+        waker: Arc<Waker>,
+        challenges: Arc<Challenges>,
+    ) -> io::Result<Acme> {
         assert!(!config.challenge_kinds.is_empty(), "no challenge kind");
         let cached = load_cached(&config);
-        let challenges = Arc::new(Challenges::default());
         let (sender, events) = mpsc::channel();
         let (stop, stopped) = oneshot::channel();
         let worker = worker::Worker {

@@ -42,6 +42,19 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// The bucket counts and the sum, for [`super::Metrics::export`].
+    pub fn export(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().copied().chain([self.sum_nanos])
+    }
+
+    /// Takes back what [`LatencyHistogram::export`] gave, one value at a time.
+    pub fn import(&mut self, next: &mut impl FnMut() -> u64) {
+        for count in &mut self.counts {
+            *count = next();
+        }
+        self.sum_nanos = next();
+    }
+
     /// Records one observation. A bound is inclusive (`le`).
     pub fn observe(&mut self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);

@@ -127,11 +127,13 @@ pub enum HttpRefusal {
     BadUpgrade,
     /// 426: `Sec-WebSocket-Version` is not 13.
     BadVersion,
+    /// 421: the `Host` is not the `--domain`.
+    Misdirected,
 }
 
 impl HttpRefusal {
     /// Every refusal, in exposition order.
-    pub const ALL: [HttpRefusal; 9] = [
+    pub const ALL: [HttpRefusal; 10] = [
         HttpRefusal::MaxConnections,
         HttpRefusal::RateLimit,
         HttpRefusal::PerIpConnections,
@@ -141,6 +143,7 @@ impl HttpRefusal {
         HttpRefusal::Headers,
         HttpRefusal::BadUpgrade,
         HttpRefusal::BadVersion,
+        HttpRefusal::Misdirected,
     ];
 
     /// The `reason` label value.
@@ -155,6 +158,7 @@ impl HttpRefusal {
             HttpRefusal::Headers => "headers",
             HttpRefusal::BadUpgrade => "bad_upgrade",
             HttpRefusal::BadVersion => "bad_version",
+            HttpRefusal::Misdirected => "misdirected",
         }
     }
 
@@ -167,6 +171,7 @@ impl HttpRefusal {
             HttpRefusal::HandshakeTimeout => 408,
             HttpRefusal::MalformedHead | HttpRefusal::Headers | HttpRefusal::BadUpgrade => 400,
             HttpRefusal::BadVersion => 426,
+            HttpRefusal::Misdirected => 421,
         }
     }
 }
@@ -243,6 +248,68 @@ impl Metrics {
         self.frame_latency[direction as usize].observe(elapsed);
     }
 
+    /// Every counter as plain numbers in a fixed order (histogram buckets
+    /// and sums included), for the hand-over state (`src/handover`).
+    pub fn export(&self) -> Vec<u64> {
+        let mut values = vec![
+            self.frames_phone_to_binary,
+            self.frames_binary_to_phone,
+            self.bytes_phone_to_binary,
+            self.bytes_binary_to_phone,
+            self.grace_expiries,
+            self.envelopes_dropped,
+            self.phone_messages_dropped,
+            self.backpressure_pauses,
+            self.phone_backlog_full_closes,
+        ];
+        values.extend(self.upgrades.iter().flatten());
+        values.extend(self.register_failures);
+        values.extend(self.push_wakes);
+        values.extend(self.http_refusals);
+        values.extend(self.heartbeat_timeouts);
+        for histogram in &self.frame_latency {
+            values.extend(histogram.export());
+        }
+        values
+    }
+
+    /// The counters [`Metrics::export`] gave; `None` if `values` is not
+    /// exactly that many numbers.
+    pub fn import(values: &[u64]) -> Option<Metrics> {
+        let mut metrics = Metrics::default();
+        if values.len() != metrics.export().len() {
+            return None;
+        }
+        let mut next = values.iter().copied();
+        let mut take = || next.next().unwrap_or_default();
+        for field in [
+            &mut metrics.frames_phone_to_binary,
+            &mut metrics.frames_binary_to_phone,
+            &mut metrics.bytes_phone_to_binary,
+            &mut metrics.bytes_binary_to_phone,
+            &mut metrics.grace_expiries,
+            &mut metrics.envelopes_dropped,
+            &mut metrics.phone_messages_dropped,
+            &mut metrics.backpressure_pauses,
+            &mut metrics.phone_backlog_full_closes,
+        ] {
+            *field = take();
+        }
+        let arrays = metrics.upgrades.iter_mut().flatten();
+        let arrays = arrays
+            .chain(metrics.register_failures.iter_mut())
+            .chain(metrics.push_wakes.iter_mut())
+            .chain(metrics.http_refusals.iter_mut())
+            .chain(metrics.heartbeat_timeouts.iter_mut());
+        for value in arrays {
+            *value = take();
+        }
+        for histogram in &mut metrics.frame_latency {
+            histogram.import(&mut take);
+        }
+        Some(metrics)
+    }
+
     /// The Prometheus text exposition (format 0.0.4): every counter, the
     /// two connection gauges given here, and the process metrics read from
     /// `/proc/self` now (left out if `/proc` cannot be read).
@@ -261,6 +328,32 @@ mod tests {
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
             .to_string()
+    }
+
+    #[test]
+    fn every_counter_survives_export_and_import() {
+        let mut metrics = Metrics {
+            bytes_binary_to_phone: 5,
+            ..Metrics::default()
+        };
+        metrics.upgrade(false, UpgradeOutcome::Reject429);
+        metrics.http_refusal(HttpRefusal::HandshakeTimeout);
+        metrics.frame_latency(Direction::BinaryToPhone, Duration::from_millis(3));
+        let values = metrics.export();
+        let back = Metrics::import(&values).expect("same length");
+        assert_eq!(back.export(), values);
+        // The process metrics are read at each scrape and move on their own.
+        let relay_only = |text: String| -> Vec<String> {
+            text.lines()
+                .filter(|line| !line.contains("process_"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            relay_only(back.render(0, 0)),
+            relay_only(metrics.render(0, 0))
+        );
+        assert!(Metrics::import(&values[1..]).is_none());
     }
 
     #[test]

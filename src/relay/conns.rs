@@ -172,6 +172,11 @@ impl Conns {
         !self.resume.is_empty()
     }
 
+    /// The connections to be read again this turn.
+    pub fn resume_list(&self) -> &[Handle] {
+        &self.resume
+    }
+
     /// Every connection's handle, for a pass over all of them.
     pub fn handles(&self) -> Vec<Handle> {
         self.slab
@@ -180,8 +185,24 @@ impl Conns {
             .collect()
     }
 
+    /// The first connection for which `matches` holds.
+    pub fn find(&self, matches: impl Fn(&Conn) -> bool) -> Option<Handle> {
+        self.slab
+            .iter()
+            .find(|(_, conn)| matches(conn))
+            .map(|(key, conn)| Handle { key, id: conn.id })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Conn> {
         self.slab.iter().map(|(_, conn)| conn)
+    }
+
+    /// Gives back the table's room once a burst left it at most a quarter
+    /// full (only the vacant entries after the last live one can go).
+    pub fn shrink(&mut self) {
+        if self.slab.capacity() > 64 && self.slab.len() * 4 <= self.slab.capacity() {
+            self.slab.shrink_to_fit();
+        }
     }
 
     pub fn len(&self) -> usize {

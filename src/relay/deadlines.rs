@@ -24,6 +24,9 @@ use crate::ws::{self, FrameKind};
 
 /// How often per-IP rate-limit state of idle IPs is forgotten.
 pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often capacity left idle by past load is given back (`trim.rs`): a
+/// pooled buffer unused for this long is freed within twice this.
+pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(4);
 
 /// What a timer-wheel entry refers to.
 pub(super) enum TimerKey {
@@ -35,8 +38,12 @@ pub(super) enum TimerKey {
     Drain,
     /// Time to forget idle IPs in the rate limiter.
     Sweep,
+    /// Time to give back capacity that past load left idle.
+    Trim,
     /// Time to accept again after `accept` failed (out of descriptors).
     AcceptBackoff,
+    /// Time to look at a running upgrade again (`handover.rs`).
+    Upgrade,
 }
 
 fn due(deadline: Option<Instant>, now: Instant) -> bool {
@@ -77,7 +84,12 @@ impl Relay {
                     self.sweep_wakes(now);
                     self.timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
                 }
+                TimerKey::Trim => {
+                    self.trim_idle_memory();
+                    self.timers.schedule(now + TRIM_INTERVAL, TimerKey::Trim);
+                }
                 TimerKey::AcceptBackoff => self.resume_accepting(),
+                TimerKey::Upgrade => self.upgrade_step(),
             }
         }
         self.fired = fired;
@@ -109,16 +121,22 @@ impl Relay {
         self.arm(handle);
     }
 
-    /// The deadlines that end a connection outright: handshake (408),
-    /// close handshake, output stall. Returns whether one fired.
+    /// The deadlines that end a connection outright: handshake (408, or,
+    /// before the PROXY header or the TLS handshake is complete, a close
+    /// with nothing written: the peer has not spoken HTTP), close
+    /// handshake, output stall. Returns whether one fired.
     fn fire_endings(&mut self, handle: Handle, now: Instant) -> bool {
         let Some(conn) = self.conns.get(handle) else {
             return true;
         };
         let d = &conn.deadlines;
         if due(d.handshake, now) {
-            debug!("handshake_timeout remote={}", conn.remote);
-            self.refuse_head(handle, HttpRefusal::HandshakeTimeout);
+            let stage = conn.transport.stage();
+            debug!("handshake_timeout remote={} stage={stage}", conn.remote);
+            match conn.transport.is_established() {
+                true => self.refuse_head(handle, HttpRefusal::HandshakeTimeout),
+                false => self.vanish(handle),
+            }
             return true;
         }
         if due(d.close, now) || due(d.stall, now) {

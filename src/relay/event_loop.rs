@@ -1,17 +1,20 @@
 //! The turn of the loop: poll, dispatch each readiness event, read what
 //! was resumed, fire due timers, flush once. Also accepting connections
-//! (with a back-off when out of descriptors), signals and the start of a
-//! graceful shutdown.
+//! (with a back-off when out of descriptors), signals, the helpers' waker
+//! and the start of a graceful shutdown.
 //!
 //! ```text
 //! Relay::turn
-//!  1. poll(timeout = next deadline | 0 with the manual clock)
+//!  1. poll(timeout = next deadline | a network event with the manual clock)
 //!  2. for each event:  listener → accept until WouldBlock (or back off)
-//!                      signal   → shutdown
+//!                      signal   → shutdown (SIGTERM, SIGINT), reload (SIGHUP),
+//!                                 upgrade (SIGUSR2)
+//!                      waker    → push outcomes, ACME certificates
 //!                      socket   → flush if writable; read if readable
 //!  3. read every connection on the resume list
 //!  4. fire the due timers
 //!  5. flush every connection that got output this turn, once
+//!  6. (manual clock) parked POST /clock/advance requests: catch up, advance, answer
 //! ```
 
 use std::io::ErrorKind;
@@ -23,17 +26,16 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::deadlines::TimerKey;
-use super::lifecycle::{Conn, Origin};
+use super::lifecycle::Conn;
 use super::Relay;
-use crate::transport::Transport;
+use crate::proxy_protocol::HEADER_DEADLINE;
 
-/// Tokens of the sockets that are not connections (connection tokens stay
-/// below `usize::MAX - 16`, see `conns.rs`).
-pub(super) const LISTENER: Token = Token(usize::MAX);
-pub(super) const METRICS_LISTENER: Token = Token(usize::MAX - 1);
-pub(super) const SIGNALS: Token = Token(usize::MAX - 2);
-/// The push workers' waker: outcomes are waiting.
-pub(super) const PUSH: Token = Token(usize::MAX - 3);
+/// Tokens that are neither connections (below `usize::MAX - 16`, see
+/// `conns.rs`) nor listeners (the top [`super::MAX_LISTENERS`], see
+/// `listeners.rs`).
+pub(super) const SIGNALS: Token = Token(usize::MAX - 8);
+/// The loop's waker: push outcomes or ACME certificates are waiting.
+pub(super) const WAKER: Token = Token(usize::MAX - 9);
 
 /// How long accepting pauses after `accept` failed (EMFILE, ENFILE, ...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -51,10 +53,23 @@ pub(super) struct Readiness {
 
 impl Relay {
     /// One turn of the loop. `timeout` overrides how long `poll` may wait;
-    /// `None` waits until the next deadline (real clock) or not at all
-    /// (manual clock). Returns whether anything happened.
+    /// `None` waits until the next deadline (real clock) or, under a
+    /// manual clock, until a socket or signal is ready (no deadline comes
+    /// due by itself). Returns whether anything happened.
     pub fn turn(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         let timeout = timeout.or_else(|| self.poll_timeout());
+        let mut busy = self.poll_and_dispatch(timeout)?;
+        busy |= self.read_resumed();
+        busy |= self.fire_timers();
+        self.flush_dirty();
+        busy |= self.run_parked_advances()?;
+        self.hand_over_if_ready();
+        Ok(busy)
+    }
+
+    /// Steps 1 and 2: waits up to `timeout` for readiness and handles
+    /// every event. Returns whether there was any.
+    pub(super) fn poll_and_dispatch(&mut self, timeout: Option<Duration>) -> std::io::Result<bool> {
         if let Err(err) = self.poll.poll(&mut self.events, timeout) {
             if err.kind() == ErrorKind::Interrupted {
                 return Ok(true);
@@ -72,34 +87,53 @@ impl Relay {
                 closed,
             }
         }));
-        let mut busy = !ready.is_empty() || self.conns.has_resume();
         for &readiness in &ready {
             self.dispatch(readiness);
         }
+        let any = !ready.is_empty();
         self.ready = ready;
-        for handle in self.conns.take_resume() {
-            self.pump(handle);
-        }
-        busy |= self.fire_timers();
-        self.flush_dirty();
-        Ok(busy)
+        Ok(any)
     }
 
+    /// Step 3: reads every connection on the resume list. Returns whether
+    /// there was any.
+    pub(super) fn read_resumed(&mut self) -> bool {
+        let resumed = self.conns.take_resume();
+        for &handle in &resumed {
+            self.pump(handle);
+        }
+        !resumed.is_empty()
+    }
+
+    /// How long `poll` may sleep: until the next deadline on a real clock.
+    /// Under a manual clock no deadline comes due by itself, so the loop
+    /// sleeps until a socket or a signal wakes it — unless work is waiting
+    /// (connections to read again, or a timer already due).
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.conns.has_resume() || !self.clock.is_real() {
+        if self.conns.has_resume() {
             return Some(Duration::ZERO);
         }
-        let next = self.timers.next_deadline()?;
-        let wait = next.saturating_duration_since(self.clock.now());
+        let next = self.timers.next_deadline();
+        let now = self.clock.now();
+        if !self.clock.is_real() {
+            return next.filter(|&at| at <= now).map(|_| Duration::ZERO);
+        }
+        let wait = next?.saturating_duration_since(now);
         Some(wait + Duration::from_millis(1))
     }
 
     fn dispatch(&mut self, event: Readiness) {
         match event.token {
-            LISTENER => self.accept(Origin::Public),
-            METRICS_LISTENER => self.accept(Origin::Metrics),
             SIGNALS => self.on_signal(),
-            PUSH => self.on_wake_outcomes(),
+            WAKER => {
+                self.on_wake_outcomes();
+                self.on_acme_events();
+            }
+            token if self.listeners.index_of(token).is_some() => {
+                if let Some(index) = self.listeners.index_of(token) {
+                    self.accept(index);
+                }
+            }
             token => {
                 let Some(handle) = self.conns.by_token(token) else {
                     return; // a connection dropped earlier in this turn
@@ -118,28 +152,36 @@ impl Relay {
         }
     }
 
+    /// SIGUSR2 starts an upgrade (`handover.rs`); SIGHUP reloads the
+    /// certificate files (`certs.rs`); SIGTERM and SIGINT a graceful
+    /// shutdown.
     fn on_signal(&mut self) {
-        let received = self
-            .signals
-            .as_mut()
-            .is_some_and(|signals| signals.pending().next().is_some());
-        if received {
-            self.shutdown();
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let pending: Vec<i32> = signals.pending().collect();
+        for signal in pending {
+            match signal {
+                signal_hook::consts::SIGUSR2 => self.on_upgrade_signal(),
+                signal_hook::consts::SIGHUP => {
+                    self.reload_certificates();
+                }
+                _ => self.shutdown(),
+            }
         }
     }
 
-    fn accept(&mut self, origin: Origin) {
+    /// Accepts what waits on the listener at `index`.
+    fn accept(&mut self, index: usize) {
         if self.accept_paused {
             return;
         }
         loop {
-            let listener = match origin {
-                Origin::Public => self.listener.as_ref(),
-                Origin::Metrics => self.metrics_listener.as_ref(),
+            let Some(listener) = self.listeners.get(index) else {
+                return;
             };
-            let Some(listener) = listener else { return };
-            match listener.accept() {
-                Ok((stream, remote)) => self.admit(stream, remote, origin),
+            match listener.socket.accept() {
+                Ok((stream, remote)) => self.admit(stream, remote, index),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return,
                 Err(err)
                     if matches!(
@@ -172,8 +214,10 @@ impl Relay {
     /// The back-off is over: accept whatever waits in the backlog.
     pub(super) fn resume_accepting(&mut self) {
         self.accept_paused = false;
-        self.accept(Origin::Public);
-        self.accept(Origin::Metrics);
+        let indexes: Vec<usize> = self.listeners.indexes().collect();
+        for index in indexes {
+            self.accept(index);
+        }
         if !self.accept_paused && self.accept_pauses > 0 {
             info!(
                 "accept_resumed pauses={} connections={}",
@@ -184,12 +228,24 @@ impl Relay {
         }
     }
 
-    /// A new connection: a table entry, `READABLE` interest, and the
-    /// handshake deadline.
-    fn admit(&mut self, stream: TcpStream, remote: SocketAddr, origin: Origin) {
+    /// A new connection: its transport (PROXY header, TLS, or plain), a
+    /// table entry, `READABLE` interest, and the handshake deadline — at
+    /// most [`HEADER_DEADLINE`] away while a PROXY header is awaited.
+    fn admit(&mut self, stream: TcpStream, remote: SocketAddr, index: usize) {
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
-        let handshake = self.clock.now() + self.config.handshake_timeout;
-        let transport = Transport::Plain(stream);
+        let (origin, proxied) = (listener.origin, listener.recipe.proxy_protocol);
+        let transport = match listener.recipe.start(stream) {
+            Ok(transport) => transport,
+            Err(err) => return warn!("accept_refused remote={remote} error={err}"),
+        };
+        let now = self.clock.now();
+        let mut handshake = now + self.config.handshake_timeout;
+        if proxied {
+            handshake = handshake.min(now + HEADER_DEADLINE);
+        }
         let Some(handle) = self
             .conns
             .insert(|handle| Conn::accepted(handle.id(), transport, origin, remote, handshake))
@@ -220,15 +276,50 @@ impl Relay {
             return;
         }
         info!("shutdown_started connections={}", self.conns.len());
-        for mut listener in [self.listener.take(), self.metrics_listener.take()]
-            .into_iter()
-            .flatten()
-        {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
+        self.listeners.close_all(self.poll.registry());
+        self.stop_acme();
         let until = self.clock.now() + self.config.drain_timeout;
         self.drain_until = Some(until);
         self.timers.schedule(until, TimerKey::Drain);
         self.close_all_for_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Config, ManualClock, Relay, SystemClock};
+
+    fn config() -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    /// `--manual-clock` must not spin a core: with nothing to do and no
+    /// timer due, `poll` waits for a socket or a signal, however long.
+    #[test]
+    fn a_manual_clock_loop_sleeps_until_a_socket_is_ready() {
+        let clock = ManualClock::new();
+        let relay = Relay::new(config(), Box::new(clock.clone())).unwrap();
+        assert_eq!(relay.poll_timeout(), None);
+        // A timer due now (the clock moved without the relay firing it).
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(relay.poll_timeout(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_real_clock_loop_sleeps_until_the_next_deadline() {
+        let relay = Relay::new(config(), Box::new(SystemClock)).unwrap();
+        // The first timer is the memory trim, TRIM_INTERVAL (4 s) away.
+        let timeout = relay.poll_timeout().expect("the trim timer stands");
+        let trim = super::super::deadlines::TRIM_INTERVAL;
+        assert!(
+            timeout > trim - Duration::from_millis(500)
+                && timeout <= trim + Duration::from_millis(20),
+            "{timeout:?}"
+        );
     }
 }

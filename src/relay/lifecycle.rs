@@ -46,19 +46,12 @@ use std::time::Instant;
 use log::{debug, info};
 
 use super::conns::Handle;
+pub use super::listeners::Origin;
 use super::Relay;
-use crate::buffer::OutQueue;
-use crate::transport::Transport;
+use crate::buffer::{BufferPool, OutQueue};
+use crate::proxy_protocol;
+use crate::transport::{Refusal, Transport};
 use crate::ws::{self, close, FrameError, Reader};
-
-/// Which listener a connection came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// The public WebSocket listener.
-    Public,
-    /// The loopback `/metrics` listener.
-    Metrics,
-}
 
 /// What the far end of an open WebSocket is.
 #[derive(Debug)]
@@ -196,9 +189,10 @@ impl Conn {
         }
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written: the output queue, and what the
+    /// transport owes the peer (TLS ciphertext).
     pub fn pending_output(&self) -> usize {
-        self.out.as_ref().map_or(0, OutQueue::pending)
+        self.out.as_ref().map_or(0, OutQueue::pending) + self.transport.pending_output()
     }
 
     /// The bytes of a partial request head (Head only).
@@ -219,7 +213,10 @@ impl Conn {
 
     /// Whether the connection holds any buffer.
     pub fn holds_buffers(&self) -> bool {
-        self.head().is_some() || self.out.is_some() || self.reader.holds_buffers()
+        self.head().is_some()
+            || self.out.is_some()
+            || self.reader.holds_buffers()
+            || self.transport.holds_buffers()
     }
 
     /// Moves to `next`; returns the phase left. The one place a phase
@@ -239,12 +236,32 @@ impl Conn {
         std::mem::replace(&mut self.phase, next)
     }
 
-    /// Sends FIN once a draining connection's last bytes are written.
-    pub fn fin_when_flushed(&mut self) {
+    /// Sends FIN once a draining connection's last bytes are written (TLS
+    /// sends `close_notify` before it).
+    pub fn fin_when_flushed(&mut self, pool: &mut BufferPool) {
         if matches!(self.phase, Phase::Draining { fin_sent: false }) && self.pending_output() == 0 {
             self.enter(Phase::Draining { fin_sent: true });
-            self.transport.shutdown_write();
+            self.transport.shutdown_write(pool);
         }
+    }
+}
+
+/// The order in which shutdown closes open peers.
+#[derive(Clone, Copy)]
+enum ShutdownPass {
+    Phones,
+    Challengers,
+    Binaries,
+}
+
+impl ShutdownPass {
+    fn takes(self, peer: &Peer) -> bool {
+        matches!(
+            (self, peer),
+            (ShutdownPass::Phones, Peer::Phone { .. })
+                | (ShutdownPass::Challengers, Peer::Challenger(_))
+                | (ShutdownPass::Binaries, Peer::Binary(_))
+        )
     }
 }
 
@@ -448,7 +465,8 @@ impl Relay {
         self.arm(handle);
     }
 
-    /// The HTTP phase is over and its response queued: drain.
+    /// The HTTP phase is over and its response (or what the transport
+    /// owes) is queued: drain.
     pub(super) fn finish_http(&mut self, handle: Handle) {
         let close_at = self.clock.now() + self.config.write_timeout;
         let Some(conn) = self.conns.get_mut(handle) else {
@@ -469,14 +487,51 @@ impl Relay {
         self.drop_conn(handle, Ending::Vanished);
     }
 
+    /// A layer under HTTP ends the connection (a refused PROXY header, a
+    /// failed TLS handshake or record, a finished TLS-ALPN-01 validation).
+    /// Before HTTP began, what the transport owes the peer (a TLS alert,
+    /// `close_notify`) is written, then FIN: a lingering close. Otherwise,
+    /// and when nothing is owed, the connection is dropped at once: a
+    /// refused PROXY header gets no byte at all.
+    pub(super) fn end_transport(&mut self, handle: Handle, refusal: Refusal) {
+        let Some(conn) = self.conns.get(handle) else {
+            return;
+        };
+        log_refusal(conn.remote, &refusal);
+        let owes = conn.transport.pending_output() > 0;
+        if owes && matches!(conn.phase, Phase::Head(_)) {
+            self.finish_http(handle);
+            self.conns.mark_dirty(handle);
+        } else {
+            self.vanish(handle);
+        }
+    }
+
     /// Shutdown begins (SPEC §9): requests still in their head are
     /// dropped, open WebSockets are closed 1001 after what is queued.
+    ///
+    /// Phones go first, then challengers, then binaries: a binary's part
+    /// ending while a phone or a challenger of its server-id is still open
+    /// would act on them (a challenger waiting on the conflict probe would
+    /// be handed the server-id, and the phones closed 4404 "binary
+    /// reclaimed server-id" instead of 1001).
     pub(super) fn close_all_for_shutdown(&mut self) {
-        for handle in self.conns.handles() {
-            match self.conns.get(handle).map(Conn::phase) {
-                Some(Phase::Head(_)) => self.drop_conn(handle, Ending::Shutdown),
-                Some(Phase::Open(_)) => self.close(handle, Close::Shutdown),
-                _ => {}
+        let handles = self.conns.handles();
+        for handle in &handles {
+            if let Some(Phase::Head(_)) = self.conns.get(*handle).map(Conn::phase) {
+                self.drop_conn(*handle, Ending::Shutdown);
+            }
+        }
+        for pass in [
+            ShutdownPass::Phones,
+            ShutdownPass::Challengers,
+            ShutdownPass::Binaries,
+        ] {
+            for &handle in &handles {
+                let peer = self.conns.get(handle).and_then(Conn::peer);
+                if peer.is_some_and(|peer| pass.takes(peer)) {
+                    self.close(handle, Close::Shutdown);
+                }
             }
         }
     }
@@ -514,6 +569,7 @@ impl Relay {
             self.limits.connection_closed(conn.client_ip);
         }
         let pool = &mut self.conns.pool;
+        conn.transport.release(pool);
         conn.reader.release(pool);
         if let Some(out) = conn.out.take() {
             pool.put(out.into_buffer());
@@ -557,17 +613,79 @@ impl Relay {
     }
 }
 
+/// One line for a connection a layer under HTTP ended.
+fn log_refusal(remote: SocketAddr, refusal: &Refusal) {
+    match refusal {
+        // A balancer's health checks send LOCAL (HAProxy's
+        // `check-send-proxy`): expected every few seconds, not news.
+        Refusal::ProxyHeader(why @ proxy_protocol::Refusal::Local) => {
+            debug!(
+                "proxy_header_refused remote={remote} reason={}",
+                why.as_str()
+            )
+        }
+        Refusal::ProxyHeader(why) => {
+            info!(
+                "proxy_header_refused remote={remote} reason={}",
+                why.as_str()
+            )
+        }
+        Refusal::Tls(error) => debug!("tls_failed remote={remote} error=\"{error}\""),
+        Refusal::TlsHandshakeTooLarge => {
+            info!("tls_failed remote={remote} error=\"handshake message too large\"")
+        }
+        Refusal::AcmeValidationDone => info!("acme_tls_alpn01_validated remote={remote}"),
+    }
+}
+
+/// A connection handed over by an upgrade (`restore.rs`) comes back in
+/// the phase it was in: the one way to make a `Conn` in any phase other
+/// than `Head`, and not a transition.
+pub struct Restored {
+    pub transport: Transport,
+    pub origin: Origin,
+    pub remote: SocketAddr,
+    pub client_ip: IpAddr,
+    pub phase: Phase,
+    pub reader: Reader,
+    pub out: Option<OutQueue>,
+    pub deadlines: Deadlines,
+    pub counted: bool,
+}
+
+impl Conn {
+    pub fn restored(id: u64, parts: Restored) -> Conn {
+        Conn {
+            id,
+            transport: parts.transport,
+            origin: parts.origin,
+            remote: parts.remote,
+            client_ip: parts.client_ip,
+            phase: parts.phase,
+            reader: parts.reader,
+            out: parts.out,
+            deadlines: parts.deadlines,
+            armed: None,
+            wants_write: false,
+            dirty: false,
+            counted: parts.counted,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Every connection, idle or not, is one `Conn` in the slab: its size
     /// is most of the relay's memory per idle connection (docs/SECURITY.md).
-    /// (336 bytes before the output queue gained room for one timed frame.)
+    /// (336 bytes before the output queue gained room for one timed frame;
+    /// 360 before the transport gained a pointer to its PROXY or TLS layer.
+    /// Debug builds: mio's socket carries an extra 8-byte selector id.)
     #[test]
     fn a_connection_stays_small() {
         assert!(
-            std::mem::size_of::<Conn>() <= 360,
+            std::mem::size_of::<Conn>() <= 368,
             "Conn is {} bytes",
             std::mem::size_of::<Conn>()
         );
@@ -610,8 +728,8 @@ mod tests {
         let remote = stream.local_addr().unwrap();
         Conn::accepted(
             1,
-            Transport::Plain(mio::net::TcpStream::from_std(stream)),
-            Origin::Public,
+            Transport::plain(mio::net::TcpStream::from_std(stream)),
+            Origin::WebSocket,
             remote,
             Instant::now(),
         )

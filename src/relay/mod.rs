@@ -8,6 +8,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `event_loop.rs` | the turn: poll, dispatch, accept, signals, shutdown |
+//! | `listeners.rs` | the listener table: roles, transport recipes, tokens |
 //! | `conns.rs` | the connection table, handles, the flush and resume lists |
 //! | `lifecycle.rs` | a connection's state, every phase change, every ending |
 //! | `read.rs` | socket → scratch → request head or WebSocket reader → handlers |
@@ -17,26 +18,41 @@
 //! | `deadlines.rs` | the timer wheel's entries and what each deadline does |
 //! | `write.rs` | flushing output once per turn, write interest, output stall |
 //! | `wakes.rs` | push wakes: admitting a binary's `push_wake`, counting outcomes |
+//! | `certs.rs` | TLS certificates: SIGHUP reloads, ACME renewals, HTTP-01 answers |
+//! | `handover.rs` | SIGUSR2: check the new executable, re-execute in place |
+//! | `snapshot.rs`, `restore.rs` | the loop's state to a `handover::Snapshot` and back |
+//! | `trim.rs` | giving back capacity that past load left idle |
+//! | `control.rs` | relay time under a manual clock: `advance`, the `/clock` endpoints |
+//! | `inspect.rs` | for tests: the census, the consistency audit, a connection by address |
 //!
 //! `docs/LIFECYCLE.md` walks one connection through them.
 
+mod certs;
 mod conns;
+mod control;
 mod deadlines;
 mod event_loop;
+mod handover;
+mod inspect;
 mod lifecycle;
+mod listeners;
 mod read;
+mod restore;
 mod routing;
 mod slot;
+mod snapshot;
+mod trim;
 mod upgrade;
 mod wakes;
 mod write;
 
+use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll};
+use mio::{Events, Interest, Poll, Waker};
 
 use crate::clock::Clock;
 use crate::config::{Config, READ_CHUNK};
@@ -45,9 +61,14 @@ use crate::metrics::Metrics;
 use crate::push::Push;
 use crate::registry::Registry;
 use crate::timer::TimerWheel;
+use certs::Certificates;
 use conns::{Conns, Handle};
-use deadlines::{TimerKey, SWEEP_INTERVAL};
-use event_loop::{Readiness, LISTENER, METRICS_LISTENER, SIGNALS};
+pub use control::{AdvanceError, MAX_ADVANCE};
+use deadlines::{TimerKey, SWEEP_INTERVAL, TRIM_INTERVAL};
+use event_loop::{Readiness, SIGNALS, WAKER};
+pub use inspect::Census;
+use listeners::Listeners;
+pub use listeners::{Listen, Origin, MAX_LISTENERS};
 
 /// A snapshot of the loop's counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,10 +119,11 @@ pub struct Relay {
     poll: Poll,
     events: Events,
     ready: Vec<Readiness>,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// The loop's one waker (mio allows one per poll): helper threads
+    /// (push workers, ACME) wake the loop through it.
+    waker: Arc<Waker>,
     conns: Conns,
     registry: Registry<Handle>,
     limits: IpLimits,
@@ -115,27 +137,44 @@ pub struct Relay {
     counts: Counts,
     /// Push wakes, when configured (`enable_push`).
     push: Option<Push>,
+    /// The TLS listeners' certificates, when there are any
+    /// (`serve_certificates`).
+    certs: Option<Certificates>,
     /// Set once shutdown has begun: when the drain ends.
     drain_until: Option<Instant>,
     /// Listener events are ignored until the `AcceptBackoff` timer fires.
     accept_paused: bool,
     /// Back-offs in a row (for logging the first and the recovery only).
     accept_pauses: u32,
+    /// SIGUSR2: what to execute, and how far an upgrade has come.
+    upgrade: handover::Upgrades,
+    /// `POST /clock/advance` requests waiting for the end of the turn.
+    parked_advances: VecDeque<(Handle, Duration)>,
 }
 
 impl Relay {
-    /// Binds the WebSocket listener of `config` and builds an idle loop
-    /// whose time comes from `clock`.
+    /// Binds a plain WebSocket listener on `config.listen` and builds an
+    /// idle loop whose time comes from `clock`.
     pub fn new(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
-        let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        deepen_backlog(&listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let local_addr = listener.local_addr()?;
+        let listen = Listen::plain(config.listen);
+        let mut relay = Relay::unbound(config, clock)?;
+        relay.listen(listen)?;
+        Ok(relay)
+    }
+
+    /// An idle loop with no listener yet (add them with [`Relay::listen`]).
+    pub fn unbound(config: Config, clock: Box<dyn Clock>) -> std::io::Result<Relay> {
+        Relay::with_poll(config, clock, Poll::new()?)
+    }
+
+    /// An idle loop on `poll`, with no listener yet (new, or being
+    /// restored from a snapshot).
+    fn with_poll(config: Config, clock: Box<dyn Clock>, poll: Poll) -> std::io::Result<Relay> {
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let now = clock.now();
         let mut timers = TimerWheel::new(now);
         timers.schedule(now + SWEEP_INTERVAL, TimerKey::Sweep);
+        timers.schedule(now + TRIM_INTERVAL, TimerKey::Trim);
         Ok(Relay {
             limits: IpLimits::new(config.rate_limit_burst, config.rate_limit_interval),
             config,
@@ -144,10 +183,9 @@ impl Relay {
             poll,
             events: Events::with_capacity(1024),
             ready: Vec::with_capacity(1024),
-            listener: Some(listener),
-            local_addr,
-            metrics_listener: None,
+            listeners: Listeners::default(),
             signals: None,
+            waker,
             conns: Conns::default(),
             registry: Registry::default(),
             timers,
@@ -157,10 +195,19 @@ impl Relay {
             metrics: Metrics::default(),
             counts: Counts::default(),
             push: None,
+            certs: None,
             drain_until: None,
             accept_paused: false,
             accept_pauses: 0,
+            upgrade: handover::Upgrades::default(),
+            parked_advances: VecDeque::new(),
         })
+    }
+
+    /// Opens a listener; returns the address it is bound to. At most
+    /// [`MAX_LISTENERS`].
+    pub fn listen(&mut self, listen: Listen) -> std::io::Result<SocketAddr> {
+        self.listeners.open(self.poll.registry(), listen)
     }
 
     /// Serves `/metrics` on `addr` (which must be a loopback address).
@@ -171,21 +218,23 @@ impl Relay {
                 "the metrics listener must be a loopback address",
             ));
         }
-        let mut listener = TcpListener::bind(addr)?;
-        self.poll
-            .registry()
-            .register(&mut listener, METRICS_LISTENER, Interest::READABLE)?;
-        let bound = listener.local_addr()?;
-        self.metrics_listener = Some(listener);
-        Ok(bound)
+        self.listen(Listen {
+            origin: Origin::Metrics,
+            ..Listen::plain(addr)
+        })
     }
 
-    /// Turns SIGTERM and SIGINT into a graceful shutdown.
+    /// The loop's waker, for a helper thread that must wake it (the ACME
+    /// thread): its events are drained whenever it fires.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Turns SIGTERM and SIGINT into a graceful shutdown, SIGUSR2 into an
+    /// upgrade (once [`Relay::enable_upgrades`] said how), and SIGHUP into
+    /// a reload of the certificate files (nothing to reload: ignored).
     pub fn handle_signals(&mut self) -> std::io::Result<()> {
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-        ])?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new(crate::handover::exec::SIGNALS)?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -193,9 +242,12 @@ impl Relay {
         Ok(())
     }
 
-    /// The address the WebSocket listener is bound to.
+    /// The address the first WebSocket listener is bound to
+    /// (`0.0.0.0:0` if there is none).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners
+            .addr_of(Origin::WebSocket)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Counters of the loop right now.
@@ -219,6 +271,8 @@ impl Relay {
             memory.queued_output += queued;
             memory.largest_queue = memory.largest_queue.max(queued);
             memory.allocated += conn.out.as_ref().map_or(0, |out| out.capacity());
+            memory.partial_input += conn.transport.partial_input();
+            memory.allocated += conn.transport.bytes_held();
             if let Some(head) = conn.head() {
                 memory.partial_input += head.len();
                 memory.allocated += head.capacity();
@@ -248,14 +302,4 @@ impl Relay {
     pub fn is_finished(&self) -> bool {
         self.drain_until.is_some() && self.conns.is_empty()
     }
-}
-
-/// mio listens with a backlog of 128; a burst of reconnecting phones
-/// (every phone of a restarted relay at once) overflows that. Listening
-/// again on a listening socket only changes its backlog (the kernel caps
-/// it at `net.core.somaxconn`).
-fn deepen_backlog(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) on a descriptor we own; failure leaves the old backlog.
-    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
 }

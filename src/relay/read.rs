@@ -1,4 +1,5 @@
-//! Reading a connection: its socket into the one shared scratch buffer,
+//! Reading a connection: its transport (the socket, and the PROXY and TLS
+//! layers if its listener has them) into the one shared scratch buffer,
 //! then, by phase, the bytes to the request-head parser (the HTTP phase),
 //! through the connection's WebSocket [`Reader`] to whoever handles each
 //! event — messages to routing, pings and pongs to the heartbeat, the
@@ -13,8 +14,6 @@
 //! stops at the first event after which the connection may no longer be
 //! read; the rest waits in its reader.
 
-use std::io::{ErrorKind, Read};
-
 use log::debug;
 
 use super::conns::Handle;
@@ -23,17 +22,12 @@ use super::Relay;
 use crate::config::READ_CHUNK;
 use crate::http::{self, Head};
 use crate::metrics::HttpRefusal;
+use crate::proxy_protocol::HEADER_DEADLINE;
+use crate::transport::Input;
 use crate::ws::{Event, Reader, Role};
 
 /// Reads one readiness event may do before other connections get a turn.
 const READS_PER_EVENT: usize = 16;
-
-/// What one read from a socket gave.
-enum ReadOutcome {
-    Data(usize),
-    WouldBlock,
-    Closed,
-}
 
 impl Relay {
     /// Reads whatever `handle` has to offer, as its phase allows.
@@ -71,33 +65,38 @@ impl Relay {
         }
     }
 
-    fn read_socket(&mut self, handle: Handle) -> ReadOutcome {
+    /// One read of the transport into the scratch buffer. Handshake
+    /// output the read produced (a TLS server flight) goes on this turn's
+    /// flush list.
+    fn read_socket(&mut self, handle: Handle) -> Input {
         debug_assert_eq!(self.scratch.len(), READ_CHUNK);
-        let Some(conn) = self.conns.get_mut(handle) else {
-            return ReadOutcome::Closed;
+        let Some((conn, pool)) = self.conns.with_pool(handle) else {
+            return Input::Closed;
         };
-        loop {
-            return match conn.transport.read(&mut self.scratch) {
-                Ok(0) => ReadOutcome::Closed,
-                Ok(n) => ReadOutcome::Data(n),
-                Err(err) if err.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    debug!("read_failed remote={} error={err}", conn.remote);
-                    ReadOutcome::Closed
-                }
-            };
+        let input = conn.transport.read(&mut self.scratch, pool);
+        if let Input::Failed(err) = &input {
+            debug!("read_failed remote={} error={err}", conn.remote);
         }
+        if conn.transport.pending_output() > 0 {
+            self.conns.mark_dirty(handle);
+        }
+        input
     }
 
     /// The HTTP phase: bytes accumulate until the request head is
-    /// complete (431 past the head limit, 400 if it is not HTTP).
+    /// complete (431 past the head limit, 400 if it is not HTTP). Before
+    /// that, the transport may still be reading a PROXY header or doing a
+    /// TLS handshake; the client address it learns replaces the peer's.
     fn read_head(&mut self, handle: Handle) {
         loop {
-            let n = match self.read_socket(handle) {
-                ReadOutcome::Data(n) => n,
-                ReadOutcome::WouldBlock => return,
-                ReadOutcome::Closed => return self.vanish(handle),
+            let input = self.read_socket(handle);
+            self.learn_source(handle);
+            let n = match input {
+                Input::Data { len, .. } => len,
+                Input::Again => continue,
+                Input::WouldBlock => return,
+                Input::Closed | Input::Failed(_) => return self.vanish(handle),
+                Input::Refused(refusal) => return self.end_transport(handle, refusal),
             };
             let Some((conn, pool)) = self.conns.with_pool(handle) else {
                 return;
@@ -116,6 +115,27 @@ impl Relay {
         }
     }
 
+    /// The PROXY header named the client: it is the connection's address
+    /// from now on (rate limit, per-IP caps, logs), and the handshake
+    /// deadline, held to the header's 5 s until now, becomes
+    /// `--handshake-timeout` from the accept.
+    fn learn_source(&mut self, handle: Handle) {
+        let handshake_timeout = self.config.handshake_timeout;
+        let Some(conn) = self.conns.get_mut(handle) else {
+            return;
+        };
+        let Some(source) = conn.transport.take_source() else {
+            return;
+        };
+        debug!("proxy_header remote={} source={source}", conn.remote);
+        conn.remote = source;
+        conn.client_ip = source.ip();
+        if let Some(at) = conn.deadlines.handshake {
+            let header_wait = HEADER_DEADLINE.min(handshake_timeout);
+            conn.deadlines.handshake = Some(at - header_wait + handshake_timeout);
+        }
+    }
+
     fn read_frames(&mut self, handle: Handle, short_read_drains: bool) {
         if self
             .conns
@@ -130,14 +150,16 @@ impl Relay {
                 return;
             }
             match self.read_socket(handle) {
-                ReadOutcome::Data(n) => {
-                    self.decode(handle, n);
-                    if short_read_drains && n < READ_CHUNK {
+                Input::Data { len, more } => {
+                    self.decode(handle, len);
+                    if short_read_drains && !more {
                         return;
                     }
                 }
-                ReadOutcome::WouldBlock => return,
-                ReadOutcome::Closed => return self.vanish(handle),
+                Input::Again => {}
+                Input::WouldBlock => return,
+                Input::Closed | Input::Failed(_) => return self.vanish(handle),
+                Input::Refused(refusal) => return self.end_transport(handle, refusal),
             }
         }
         self.conns.resume(handle);
@@ -188,9 +210,9 @@ impl Relay {
     fn read_and_discard(&mut self, handle: Handle) {
         loop {
             match self.read_socket(handle) {
-                ReadOutcome::Data(_) => continue,
-                ReadOutcome::WouldBlock => return,
-                ReadOutcome::Closed => return self.vanish(handle),
+                Input::Data { .. } | Input::Again => continue,
+                Input::WouldBlock => return,
+                Input::Closed | Input::Failed(_) | Input::Refused(_) => return self.vanish(handle),
             }
         }
     }

@@ -112,6 +112,7 @@ impl Relay {
         match self.registry.release(&server_id, handle) {
             Release::Grace { generation } => {
                 let until = self.clock.now() + self.config.grace_period;
+                self.registry.set_grace_end(&server_id, until);
                 info!(
                     "server_released server_id={server_id} grace_seconds={}",
                     self.config.grace_period.as_secs_f64()

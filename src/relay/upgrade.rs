@@ -1,5 +1,6 @@
 //! The HTTP phase of a connection (SPEC §2): once the request head is
-//! complete, answer `/healthz`, `/metrics` or 404, or run the upgrade
+//! complete, refuse a `Host` that is not the `--domain` (421), answer
+//! `/healthz`, `/metrics`, an ACME HTTP-01 challenge or 404, or run the upgrade
 //! checks in SPEC order (rate limit 429, capacity 503, header gate 400,
 //! WebSocket headers 400/426) and switch to WebSocket. What a binary's
 //! claim leads to is the slot's business (`slot.rs`); a phone joins here.
@@ -11,7 +12,8 @@ use std::rc::Rc;
 use log::{debug, info, warn};
 
 use super::conns::Handle;
-use super::lifecycle::{Close, Origin, Peer};
+use super::lifecycle::{Close, Peer};
+use super::listeners::Origin;
 use super::Relay;
 use crate::http::{self, Refusal, Request, Route};
 use crate::metrics::{HttpRefusal, RegisterFailure, UpgradeOutcome};
@@ -25,10 +27,17 @@ impl Relay {
         let Some(origin) = self.conns.get(handle).map(|conn| conn.origin) else {
             return;
         };
+        if origin == Origin::WebSocket && !self.names_our_host(&request) {
+            debug!("request_misdirected endpoint={}", route.endpoint());
+            return self.refuse_head(handle, HttpRefusal::Misdirected);
+        }
         match (origin, route) {
             (Origin::Metrics, Route::Metrics) => self.answer_metrics(handle),
-            (Origin::Public, Route::Healthz) => self.answer_healthz(handle),
-            (Origin::Public, Route::Server | Route::Client) => {
+            (Origin::Metrics, Route::Clock | Route::ClockAdvance)
+                if self.answer_clock(handle, &request) => {}
+            (Origin::AcmeHttp01, _) => self.answer_http01(handle, &request),
+            (Origin::WebSocket, Route::Healthz) => self.answer_healthz(handle),
+            (Origin::WebSocket, Route::Server | Route::Client) => {
                 self.upgrade(handle, route, head_len, &request)
             }
             _ => self.respond(
@@ -38,6 +47,16 @@ impl Relay {
                 "404 page not found\n",
             ),
         }
+    }
+
+    /// Whether the request's `Host` is the `--domain`, when there is one
+    /// (port stripped, ASCII case ignored). No `Host` is not the domain.
+    fn names_our_host(&self, request: &Request) -> bool {
+        let Some(domain) = self.config.host.as_deref() else {
+            return true;
+        };
+        let host = request.host.as_deref();
+        host.is_some_and(|host| crate::tls::host_matches(host, domain))
     }
 
     /// Answers a request with an error status (counted by reason) and

@@ -2,12 +2,11 @@
 //! admitted or refused at once — the limits are checked and an admitted
 //! wake is handed to a push worker through a bounded queue, never waited
 //! for. The sending happens off the loop (`src/push/`); each outcome comes
-//! back through the workers' waker, whose token makes the loop log and
-//! count it here.
+//! back through the loop's waker (shared with the ACME thread), whose
+//! token makes the loop log and count it here.
 
 use std::time::Instant;
 
-use super::event_loop::PUSH;
 use super::Relay;
 use crate::metrics::PushOutcome;
 use crate::push::{Admission, Push, Refusal};
@@ -16,7 +15,7 @@ impl Relay {
     /// Turns push wakes on: `push`'s workers wake this loop when outcomes
     /// are waiting. Without it, every wake is dropped with a warning.
     pub fn enable_push(&mut self, push: Push) -> std::io::Result<()> {
-        push.register(self.poll.registry(), PUSH)?;
+        push.use_waker(self.waker.clone())?;
         self.push = Some(push);
         Ok(())
     }

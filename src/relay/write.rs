@@ -5,8 +5,12 @@
 //! that makes no progress for `--write-timeout` ends the connection (SPEC
 //! §6). A flush that drains a binary below low water lifts backpressure
 //! (SPEC §7).
+//!
+//! What the transport owes the peer by itself (a TLS handshake flight,
+//! the rest of a record, an alert, `close_notify`) is written first and
+//! counts as pending output like the queue.
 
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 
 use log::{debug, info};
 use mio::Interest;
@@ -35,9 +39,16 @@ impl Relay {
         conn.dirty = false;
         let before = conn.pending_output();
         let mut progressed = false;
+        match conn.transport.flush_pending(pool) {
+            Ok(n) => progressed |= n > 0,
+            Err(err) => {
+                debug!("write_failed remote={} error={err}", conn.remote);
+                return self.vanish(handle);
+            }
+        }
         if let Some(out) = conn.out.as_mut() {
             while out.pending() > 0 {
-                match conn.transport.write(out.unsent()) {
+                match conn.transport.write(out.unsent(), pool) {
                     Ok(0) => return self.vanish(handle),
                     Ok(n) => {
                         if let Some(timed) = out.consume(n) {
@@ -54,17 +65,19 @@ impl Relay {
                     }
                 }
             }
+            if out.pending() == 0 {
+                if let Some(out) = conn.out.take() {
+                    pool.put(out.into_buffer());
+                }
+            }
         }
+        conn.fin_when_flushed(pool);
         let pending = conn.pending_output();
         if pending == 0 {
-            if let Some(out) = conn.out.take() {
-                pool.put(out.into_buffer());
-            }
             conn.deadlines.stall = None;
         } else if progressed || conn.deadlines.stall.is_none() {
             conn.deadlines.stall = Some(stall_at);
         }
-        conn.fin_when_flushed();
         self.set_write_interest(handle, pending > 0);
         if progressed {
             self.on_binary_drained(handle, pending);

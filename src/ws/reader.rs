@@ -361,6 +361,51 @@ fn frame_event<'a>(kind: FrameKind, payload: &'a [u8], state: &mut State) -> Eve
     }
 }
 
+/// A reader's whole state as plain parts (for the hand-over of an upgrade,
+/// `handover/snapshot.rs`): whether it still decodes, the bytes of a
+/// partial frame, and a fragmented message being reassembled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReaderParts {
+    /// The peer's close or a protocol error ended decoding.
+    pub done: bool,
+    /// It ended with a protocol error.
+    pub failed: bool,
+    pub pending: Option<Vec<u8>>,
+    pub fragments: Option<Vec<u8>>,
+    pub fragments_text: bool,
+}
+
+impl Reader {
+    /// A copy of the reader's state. A reassembled message already handed
+    /// out is not part of it.
+    pub fn to_parts(&self) -> ReaderParts {
+        ReaderParts {
+            done: self.state != State::Reading,
+            failed: self.state == State::Failed,
+            pending: self.pending.clone(),
+            fragments: self.fragments.clone().filter(|_| !self.fragments_done),
+            fragments_text: self.fragments_text,
+        }
+    }
+
+    /// A reader for `role` that goes on from `parts`.
+    pub fn from_parts(role: Role, parts: ReaderParts) -> Reader {
+        let state = match (parts.done, parts.failed) {
+            (false, _) => State::Reading,
+            (true, false) => State::Closed,
+            (true, true) => State::Failed,
+        };
+        Reader {
+            role,
+            state,
+            fragments_text: parts.fragments_text,
+            fragments_done: false,
+            pending: parts.pending.filter(|p| !p.is_empty()),
+            fragments: parts.fragments,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +538,33 @@ mod tests {
             reader.read_all(&bytes, usize::MAX, &mut Unpooled),
             vec![message(b"{}")]
         );
+    }
+
+    #[test]
+    fn a_reader_goes_on_from_its_parts_mid_frame_and_mid_message() {
+        let mut bytes = frame(0x1, false, b"frag-");
+        bytes.extend(frame(0x0, true, b"ment"));
+        bytes.extend(frame(0x1, true, b"whole"));
+        let cut = frame(0x1, false, b"frag-").len() + 3;
+        let mut reader = Reader::new(Role::Server);
+        assert!(reader
+            .read_all(&bytes[..cut], 1024, &mut Unpooled)
+            .is_empty());
+        let parts = reader.to_parts();
+        assert_eq!(parts.fragments.as_deref(), Some(&b"frag-"[..]));
+        assert_eq!(parts.pending.as_ref().map(Vec::len), Some(3));
+        let mut moved = Reader::from_parts(Role::Server, parts);
+        assert_eq!(
+            moved.read_all(&bytes[cut..], 1024, &mut Unpooled),
+            vec![message(b"frag-ment"), message(b"whole")]
+        );
+        let mut closed = Reader::new(Role::Server);
+        closed.read_all(
+            &frame(0x8, true, &1000u16.to_be_bytes()),
+            1024,
+            &mut Unpooled,
+        );
+        assert!(Reader::from_parts(Role::Server, closed.to_parts()).is_done());
     }
 
     #[test]

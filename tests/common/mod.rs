@@ -4,9 +4,18 @@
 //!
 //! Nothing here sleeps. A client waiting for bytes lets the relay take
 //! turns until the bytes are there (bounded, so a missing frame fails the
-//! test instead of hanging it); relay time only moves when a test calls
-//! [`Harness::advance`]. A 30 s grace window runs in microseconds.
-#![allow(dead_code)]
+//! test instead of hanging it, with a message naming what never came);
+//! relay time only moves when a test calls [`Harness::advance`]. A 30 s
+//! grace window runs in microseconds.
+//!
+//! - this file: [`Harness`], [`Client`] and the WebSocket side of a client;
+//! - `sockets.rs`: the kernel side (delivery barriers, buffer sizes, the
+//!   relay's end of a connection, the hang-up in `Drop`);
+//! - `scenarios.rs`: the small scenarios many suites share (a binary and
+//!   its phones, one exchange each way, pings answered, closes expected);
+//! - `logs.rs`: the relay's log lines, captured per test;
+//! - `process.rs`: the real executable, for the tests that need a process.
+#![allow(dead_code, unused_imports)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +23,15 @@ use std::time::Duration;
 
 #[path = "../support/stream.rs"]
 pub mod stream;
+
+mod logs;
+mod process;
+mod scenarios;
+mod sockets;
+
+pub use logs::{capture_logs, take_logs};
+pub use process::{RelayProcess, WAIT};
+pub use scenarios::*;
 
 use std::collections::VecDeque;
 
@@ -23,6 +41,16 @@ use pyrycode_relay::{Config, ManualClock, Relay, Stats};
 
 /// How many relay turns a client waits for something before failing.
 const PATIENCE_TURNS: usize = 20_000;
+
+/// `n` seconds.
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `n` milliseconds.
+pub fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// The relay under test and its clock.
 pub struct Harness {
@@ -75,7 +103,7 @@ impl Harness {
                 std::thread::yield_now();
             }
         }
-        panic!("the relay never became idle");
+        panic!("the relay never became idle: it had work in each of {PATIENCE_TURNS} turns");
     }
 
     /// Moves relay time forward by `by` and lets the relay act on it.
@@ -94,9 +122,49 @@ impl Harness {
         }
     }
 
+    /// Lets the relay turn (without moving relay time) until `done` holds;
+    /// fails naming `what` if it never does.
+    pub fn eventually(&mut self, what: &str, mut done: impl FnMut(&mut Harness) -> bool) {
+        for _ in 0..PATIENCE_TURNS {
+            if done(self) {
+                return;
+            }
+            self.turn(Duration::from_millis(1));
+        }
+        panic!("never happened within {PATIENCE_TURNS} relay turns: {what}");
+    }
+
     pub fn stats(&mut self) -> Stats {
         self.settle();
         self.relay.stats()
+    }
+
+    /// The binaries and phones the relay counts, after a settle.
+    pub fn peers(&mut self) -> (usize, usize) {
+        let stats = self.stats();
+        (stats.binaries, stats.phones)
+    }
+
+    /// The value of one metric series of `/metrics`, e.g.
+    /// `pyrycode_relay_push_wakes_total{outcome="dropped"}`.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.relay.metrics_text();
+        let line = text
+            .lines()
+            .find(|line| {
+                line.rsplit_once(' ')
+                    .is_some_and(|(name, _)| name == series)
+            })
+            .unwrap_or_else(|| panic!("no metric {series} in:\n{text}"));
+        let value = line.rsplit(' ').next().unwrap();
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("metric {series} is not a count: {line}"))
+    }
+
+    /// Messages the relay has forwarded from phones to binaries.
+    pub fn forwarded_phone_to_binary(&self) -> u64 {
+        self.metric(r#"pyrycode_relay_frames_forwarded_total{direction="phone_to_binary"}"#)
     }
 
     /// A plain TCP connection to the relay, nothing sent yet.
@@ -109,6 +177,7 @@ impl Harness {
             buf: Vec::new(),
             frames: ServerFrames::default(),
             eof: false,
+            may_leave_unread: false,
         };
         self.settle();
         client
@@ -121,6 +190,25 @@ impl Harness {
         client.send_raw(self, head.as_bytes());
         let (status, response) = client.response_head(self);
         (status, response, client)
+    }
+
+    /// `/healthz`, asserting the 200: the body as text and as JSON.
+    pub fn healthz(&mut self) -> (String, serde_json::Value) {
+        let (status, response, mut client) =
+            self.request("GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n");
+        assert_eq!(status, 200, "{response}");
+        let body = String::from_utf8(client.body_until_eof(self)).expect("healthz body is UTF-8");
+        let value = serde_json::from_str(&body).expect("healthz body is JSON");
+        (body, value)
+    }
+
+    /// The binaries and phones `/healthz` counts.
+    pub fn counts(&mut self) -> (u64, u64) {
+        let (_, value) = self.healthz();
+        (
+            value["connected_binaries"].as_u64().unwrap(),
+            value["connected_phones"].as_u64().unwrap(),
+        )
     }
 
     /// Upgrades on `path` with `headers` (name, value) plus valid WebSocket
@@ -192,6 +280,17 @@ pub fn upgrade_head<N: AsRef<str>, V: AsRef<str>>(path: &str, headers: &[(N, V)]
     head
 }
 
+/// The closes the relay starts, as `(code, reason)` (SPEC §8).
+pub const HEARTBEAT_TIMEOUT: (u16, &str) = (1011, "heartbeat timeout");
+pub const MESSAGE_TIMEOUT: (u16, &str) = (1008, "message timeout");
+pub const BACKLOG_FULL: (u16, &str) = (1011, "phone backlog full");
+pub const SHUTTING_DOWN: (u16, &str) = (1001, "shutting down");
+pub const NO_SERVER: (u16, &str) = (4404, "no server with that id");
+pub const BINARY_GONE: (u16, &str) = (4404, "binary gone");
+pub const RECLAIMED: (u16, &str) = (4404, "binary reclaimed server-id");
+pub const ALREADY_CLAIMED: (u16, &str) = (4409, "server-id already claimed");
+pub const TOO_MANY_PHONES: (u16, &str) = (4429, "too many phones for server-id");
+
 /// A frame the relay sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
@@ -209,10 +308,17 @@ pub struct Client {
     buf: Vec<u8>,
     frames: ServerFrames,
     eof: bool,
+    /// Set by [`Client::send_some`]: this client may have written bytes the
+    /// relay deliberately never reads, so its hang-up need not reach the
+    /// relay (see `Drop` in `sockets.rs`).
+    may_leave_unread: bool,
 }
 
 impl Client {
-    /// Writes all of `bytes`, letting the relay turn while the socket is full.
+    /// Writes all of `bytes`, letting the relay turn while the socket is
+    /// full, then waits until the relay's socket has taken them
+    /// ([`Client::wait_taken`]). For bytes the relay is meant not to read,
+    /// use [`Client::send_some`].
     pub fn send_raw(&mut self, h: &mut Harness, bytes: &[u8]) {
         let mut at = 0;
         let mut stuck = 0;
@@ -225,47 +331,23 @@ impl Client {
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {
                     h.turn(Duration::from_millis(1));
                     stuck += 1;
-                    assert!(stuck < PATIENCE_TURNS, "the relay stopped reading");
+                    assert!(
+                        stuck < PATIENCE_TURNS,
+                        "the relay stopped reading: {at} of {} bytes written",
+                        bytes.len()
+                    );
                 }
-                Err(err) => panic!("write failed: {err}"),
+                Err(err) => panic!("write failed after {at} of {} bytes: {err}", bytes.len()),
             }
         }
         self.wait_taken(h);
     }
 
-    /// Lets the relay turn until the relay's socket has taken (ACKed)
-    /// everything this client wrote, then settles. Loopback delivery can
-    /// lag behind `write` on a loaded machine; without this a test could
-    /// move the clock before the relay has seen the bytes. Gives up
-    /// quietly when the relay's receive window is full (a relay that is
-    /// deliberately not reading this client).
-    pub fn wait_taken(&mut self, h: &mut Harness) {
-        use std::os::fd::AsRawFd;
-        let fd = self.stream.as_raw_fd();
-        let mut last = None;
-        let mut unchanged = 0;
-        while let Some(queued @ 1..) = unacknowledged(fd) {
-            if last == Some(queued) {
-                unchanged += 1;
-                if unchanged > 200 {
-                    break;
-                }
-            } else {
-                unchanged = 0;
-                last = Some(queued);
-                // The relay's socket may be holding back its ACK (delayed
-                // ACK, up to 40 ms): ask it to send the ACK now.
-                if let Some(relay_fd) = self.find_relay_fd() {
-                    quick_ack(relay_fd);
-                }
-            }
-            h.turn(Duration::from_millis(1));
-        }
-        h.settle();
-    }
-
     /// Writes what it can of `bytes` without waiting; returns how much.
+    /// For tests that push until the relay stops reading this client: such
+    /// a client may be dropped with bytes the relay never took.
     pub fn send_some(&mut self, bytes: &[u8]) -> usize {
+        self.may_leave_unread = true;
         match self.stream.write(bytes) {
             Ok(n) => n,
             Err(err) if err.kind() == ErrorKind::WouldBlock => 0,
@@ -342,7 +424,10 @@ impl Client {
             );
             h.turn(Duration::from_millis(1));
         }
-        panic!("no response head arrived");
+        panic!(
+            "no response head arrived within {PATIENCE_TURNS} relay turns; got {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
     }
 
     /// The bytes after the response head, up to EOF.
@@ -361,10 +446,17 @@ impl Client {
             if let Some(msg) = self.parse_frame() {
                 return msg;
             }
-            assert!(!self.eof, "connection closed while waiting for a frame");
+            assert!(
+                !self.eof,
+                "connection closed while waiting for a frame ({} bytes of a partial frame)",
+                self.buf.len()
+            );
             h.turn(Duration::from_millis(1));
         }
-        panic!("no frame arrived");
+        panic!(
+            "no frame arrived within {PATIENCE_TURNS} relay turns ({} bytes of a partial frame)",
+            self.buf.len()
+        );
     }
 
     /// Waits for the next frame that is not a ping or pong.
@@ -417,7 +509,7 @@ impl Client {
             }
             h.turn(Duration::from_millis(1));
         }
-        panic!("the relay never closed the connection");
+        panic!("the relay never closed the connection (waited {PATIENCE_TURNS} relay turns)");
     }
 
     /// Whether the relay has closed the TCP connection (after a settle).
@@ -431,36 +523,41 @@ impl Client {
     /// echoes it, and waits for EOF. Returns the code and reason.
     pub fn expect_closed_by_relay(&mut self, h: &mut Harness) -> (Option<u16>, String) {
         let (code, reason) = self.recv_close(h);
-        if let Some(code) = code {
-            let _ = self
-                .stream
-                .write_all(&masked_frame(0x8, true, &code.to_be_bytes()));
+        match code {
+            Some(code) => _ = self.echo_close(h, code),
+            None => self.wait_eof(h),
         }
-        self.wait_eof(h);
         (code, reason)
+    }
+
+    /// Answers a close already received with a close of `code` and waits
+    /// for the relay's FIN; returns whether the echo could be written (the
+    /// relay may have hung up already).
+    pub fn echo_close(&mut self, h: &mut Harness, code: u16) -> bool {
+        let written = self
+            .stream
+            .write_all(&masked_frame(0x8, true, &code.to_be_bytes()))
+            .is_ok();
+        self.wait_eof(h);
+        written
+    }
+
+    /// [`Client::expect_closed_by_relay`], asserting the code and reason
+    /// (one of the `(code, reason)` constants, e.g. [`BINARY_GONE`]).
+    pub fn expect_closed(&mut self, h: &mut Harness, (code, reason): (u16, &str)) {
+        let (got, why) = self.expect_closed_by_relay(h);
+        assert_eq!((got, why.as_str()), (Some(code), reason));
+    }
+
+    /// Waits for a close frame (skipping pings) and asserts its code and
+    /// reason; the handshake is left to the test.
+    pub fn expect_close_frame(&mut self, h: &mut Harness, (code, reason): (u16, &str)) {
+        let (got, why) = self.recv_close(h);
+        assert_eq!((got, why.as_str()), (Some(code), reason));
     }
 
     fn parse_frame(&mut self) -> Option<Msg> {
         self.frames.take(&mut self.buf)
-    }
-}
-
-impl Drop for Client {
-    /// Hangs up (FIN) and waits, briefly and without the relay's help,
-    /// until the relay's socket has acknowledged the FIN: the kernel does
-    /// that by itself, but on a loaded machine a moment later, and a test
-    /// that counts the relay's connections right after a drop must not
-    /// look before the FIN is there.
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-        let fd = self.stream.as_raw_fd();
-        for _ in 0..100_000 {
-            match unacknowledged(fd) {
-                Some(1..) => std::thread::yield_now(),
-                _ => return,
-            }
-        }
     }
 }
 
@@ -498,6 +595,11 @@ impl ServerFrames {
         }
         self.decoded.pop_front()
     }
+
+    /// Bytes of a partial frame the reader holds.
+    pub fn pending(&self) -> usize {
+        self.reader.as_ref().map_or(0, Reader::pending_len)
+    }
 }
 
 /// A client frame: masked with a fixed key.
@@ -520,222 +622,4 @@ pub fn envelope(conn_id: &str, frame: &[u8]) -> Vec<u8> {
 /// The close notice a binary gets when one of its phones is gone (SPEC §5.4).
 pub fn close_notice(conn_id: &str, code: u16) -> Vec<u8> {
     format!("{{\"conn_id\":\"{conn_id}\",\"close_code\":{code}}}").into_bytes()
-}
-
-/// Kernel buffer sizes of a test socket, to make a peer that stops reading
-/// (or a relay that stops reading it) push back after kilobytes instead of
-/// the megabytes loopback autotuning allows.
-impl Client {
-    /// Caps this client's receive buffer (`SO_RCVBUF`).
-    pub fn set_recv_buffer(&self, bytes: usize) {
-        use std::os::fd::AsRawFd;
-        set_socket_buffer(self.stream.as_raw_fd(), libc::SO_RCVBUF, bytes);
-    }
-
-    /// Caps this client's send buffer (`SO_SNDBUF`).
-    pub fn set_send_buffer(&self, bytes: usize) {
-        use std::os::fd::AsRawFd;
-        set_socket_buffer(self.stream.as_raw_fd(), libc::SO_SNDBUF, bytes);
-    }
-
-    /// Caps the send buffer of the relay's end of this connection (the
-    /// relay runs in this process, so its socket is one of ours).
-    pub fn set_relay_send_buffer(&self, bytes: usize) {
-        set_socket_buffer(self.relay_fd(), libc::SO_SNDBUF, bytes);
-    }
-
-    /// Caps the receive buffer of the relay's end of this connection.
-    pub fn set_relay_recv_buffer(&self, bytes: usize) {
-        set_socket_buffer(self.relay_fd(), libc::SO_RCVBUF, bytes);
-    }
-
-    /// The descriptor of the relay's end of this connection: the socket
-    /// of this process whose peer is this client.
-    fn relay_fd(&self) -> std::os::fd::RawFd {
-        self.find_relay_fd()
-            .expect("the relay's end of this connection was not found")
-    }
-}
-
-/// The IPv4 address `get` (getsockname or getpeername) gives for `fd`.
-fn socket_addr(
-    fd: std::os::fd::RawFd,
-    get: unsafe extern "C" fn(
-        libc::c_int,
-        *mut libc::sockaddr,
-        *mut libc::socklen_t,
-    ) -> libc::c_int,
-) -> Option<SocketAddr> {
-    // SAFETY: sockaddr_in is plain data; the length tells the kernel its size.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: valid pointers to `addr` and `len`; a non-socket fd just fails.
-    let rc = unsafe { get(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len) };
-    if rc != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
-        return None;
-    }
-    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-    Some(SocketAddr::from((ip, u16::from_be(addr.sin_port))))
-}
-
-fn set_socket_buffer(fd: std::os::fd::RawFd, option: libc::c_int, bytes: usize) {
-    let value = bytes as libc::c_int;
-    // SAFETY: a socket descriptor and a pointer to a live c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setsockopt failed: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// Delivery barriers. A loopback write normally lands in the other
-/// socket during the write call, but under load the kernel may defer that
-/// to a later softirq: a `settle` can then find nothing to do, and a
-/// following `advance` moves time before the relay has read a pong (or
-/// before a client sees the ping it must answer). These wait on the
-/// kernel's own count of unacknowledged bytes (`TIOCOUTQ`), which reaches
-/// zero only once the receiving socket has the bytes.
-impl Client {
-    /// Waits until the relay's socket holds everything this client wrote,
-    /// then lets the relay act on it.
-    pub fn wait_delivered(&mut self, h: &mut Harness) {
-        use std::os::fd::AsRawFd;
-        let fd = self.stream.as_raw_fd();
-        for _ in 0..PATIENCE_TURNS {
-            // Done once acknowledged, or once the relay has no socket for
-            // this connection any more (nothing left to deliver to).
-            if unacknowledged(fd) == Some(0) || self.find_relay_fd().is_none() {
-                h.settle();
-                return;
-            }
-            h.turn(Duration::from_millis(1));
-        }
-        panic!("the relay's socket never took this client's bytes");
-    }
-
-    /// Waits until this client's socket holds everything the relay's
-    /// socket has taken for it (the client must have room to receive).
-    pub fn wait_received(&mut self, h: &mut Harness) {
-        use std::os::fd::AsRawFd;
-        h.settle();
-        for _ in 0..PATIENCE_TURNS {
-            match self.find_relay_fd().and_then(unacknowledged) {
-                None | Some(0) => return,
-                Some(_) => {
-                    // Take what arrived and acknowledge it now rather
-                    // than after the delayed-ACK timer (up to 40 ms).
-                    self.fill();
-                    quick_ack(self.stream.as_raw_fd());
-                    h.turn(Duration::from_millis(1));
-                }
-            }
-        }
-        panic!("this client's socket never took the relay's bytes");
-    }
-
-    /// Both directions: the relay has read what this client sent, acted on
-    /// it, and this client's socket holds what the relay wrote.
-    pub fn sync(&mut self, h: &mut Harness) {
-        self.wait_delivered(h);
-        self.wait_received(h);
-    }
-
-    /// Closes this client's socket and waits until the relay's socket has
-    /// the FIN, then lets the relay act on it.
-    pub fn hang_up(mut self, h: &mut Harness) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-        self.wait_delivered(h);
-    }
-
-    /// Bytes the relay's socket of this connection has received but the
-    /// relay has not read (`FIONREAD`); `None` once the relay dropped it.
-    pub fn relay_unread(&self) -> Option<usize> {
-        let fd = self.find_relay_fd()?;
-        let mut value: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int through a valid pointer.
-        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut value as *mut libc::c_int) };
-        (rc == 0).then_some(value as usize)
-    }
-
-    /// Bytes the relay wrote to this connection that this client's socket
-    /// has not taken yet; `None` once the relay dropped it.
-    pub fn relay_unacknowledged(&self) -> Option<usize> {
-        self.find_relay_fd().and_then(unacknowledged)
-    }
-
-    /// Waits until neither socket of this connection moves any bytes for
-    /// a few real milliseconds (for a client that has stopped reading).
-    pub fn wait_still(&mut self, h: &mut Harness) {
-        use std::os::fd::AsRawFd;
-        let fd = self.stream.as_raw_fd();
-        let state = |c: &Client| {
-            let mut unread: libc::c_int = 0;
-            // SAFETY: FIONREAD writes one c_int through a valid pointer.
-            unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread as *mut libc::c_int) };
-            (unread, c.relay_unacknowledged(), c.relay_unread())
-        };
-        let mut last = state(self);
-        let mut still = 0;
-        for _ in 0..PATIENCE_TURNS {
-            h.turn(Duration::from_millis(1));
-            let now = state(self);
-            if now == last {
-                still += 1;
-                if still >= 10 {
-                    h.settle();
-                    return;
-                }
-            } else {
-                still = 0;
-                last = now;
-            }
-        }
-        panic!("the connection never became still");
-    }
-
-    /// The relay's end of this connection, if the relay still has it.
-    fn find_relay_fd(&self) -> Option<std::os::fd::RawFd> {
-        let local = self.stream.local_addr().ok()?;
-        let peer = self.stream.peer_addr().ok()?;
-        std::fs::read_dir("/proc/self/fd")
-            .ok()?
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .find(|&fd| {
-                socket_addr(fd, libc::getpeername) == Some(local)
-                    && socket_addr(fd, libc::getsockname) == Some(peer)
-            })
-    }
-}
-
-/// Makes socket `fd` acknowledge what it has received at once.
-fn quick_ack(fd: std::os::fd::RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: a socket descriptor and a pointer to a live c_int.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
-/// Bytes written to socket `fd` that its peer has not acknowledged yet.
-fn unacknowledged(fd: std::os::fd::RawFd) -> Option<usize> {
-    let mut value: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ writes one c_int through a valid pointer.
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut value as *mut libc::c_int) };
-    (rc == 0).then_some(value as usize)
 }
