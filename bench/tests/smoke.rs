@@ -378,6 +378,15 @@ fn url_refusals_say_why() {
         (&["idle", "--url", "ws://127.0.0.1:8080"], "no process to read"),
         (&["echo", "--url", "ws://127.0.0.1:8080", "--tls"], "cannot be used with"),
         (&["echo", "--allow-remote"], "--url"),
+        (&["upgrade", "--tls"], "upgrade measures plain connections; --tls is not supported"),
+        (
+            &["soak", "--url", "ws://127.0.0.1:8080"],
+            "soak starts and watches its own relay; --url is not supported",
+        ),
+        (
+            &["fd-exhaustion", "--url", "ws://127.0.0.1:8080"],
+            "fd-exhaustion starts and watches its own relay",
+        ),
     ] {
         let (ok, _, stderr, code) = bench(args);
         assert!(!ok && code == Some(2), "{args:?}: {code:?} {stderr}");
