@@ -46,7 +46,7 @@ bench:
 	$(CARGO) build --release --workspace
 	$(CARGO) run --release -p relay-bench -- suite --json target/bench/results.json --svg target/bench/latency.svg
 
-# The TLS targets of issue #8 (about 2 minutes on 2 cores): every phase over
+# The TLS targets of issue #8 (about 75 s on 2 cores): every phase over
 # TLS with one ECDSA P-256 certificate made for the run, the relay and HAProxy
 # (bind … ssl crt, nbthread 1) alternating: idle memory per TLS connection at
 # 10,000 phones (HAProxy at 9,900: its open-file limit), CPU per message at 1
