@@ -135,6 +135,7 @@ fn check_runs(doc: &Value, target: &str, scenarios: &[&str]) {
 /// terminating TLS with the same certificate when HAProxy is installed.
 #[test]
 fn every_scenario_runs_briefly_over_tls() {
+    let _one = exclusive();
     let relay = relay_binary();
     let dir = std::env::temp_dir().join(format!("relay-bench-smoke-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -257,6 +258,7 @@ impl Drop for RelayProcess {
 /// that runs already; client-side figures only.
 #[test]
 fn url_loads_a_relay_that_is_already_running() {
+    let _one = exclusive();
     let relay = RelayProcess::start(&relay_binary(), None);
     let dir = std::env::temp_dir().join(format!("relay-bench-smoke-url-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -302,6 +304,7 @@ fn url_loads_a_relay_that_is_already_running() {
 /// self-signed certificate the bench is told to trust (`--tls-ca`).
 #[test]
 fn url_loads_a_relay_over_tls() {
+    let _one = exclusive();
     let dir = std::env::temp_dir().join(format!("relay-bench-smoke-wss-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
