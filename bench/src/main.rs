@@ -97,8 +97,7 @@ enum Baseline {
     Haproxy,
     /// HAProxy too when it is installed.
     Auto,
-    /// HAProxy alone, no relay (its own figures; the relay's TLS smoke
-    /// stands in on a relay that does not serve TLS yet).
+    /// HAProxy alone, no relay (its own figures).
     Only,
 }
 

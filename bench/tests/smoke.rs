@@ -140,6 +140,7 @@ fn every_scenario_runs_briefly_over_tls() {
     let dir = std::env::temp_dir().join(format!("relay-bench-smoke-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("tls.json");
+    let svg = dir.join("tls.svg");
     let mut args = vec![
         "suite",
         "--tls",
@@ -147,6 +148,8 @@ fn every_scenario_runs_briefly_over_tls() {
         relay.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
         "--baseline",
         "auto",
         "--relay-arg=--ping-interval=100ms",
