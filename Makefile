@@ -1,7 +1,7 @@
 # pyrycode-relay — the commands a developer and CI use.
 CARGO ?= cargo
 
-.PHONY: build run test test-scale sim lint fmt bench fuzz-build fuzz
+.PHONY: build run test test-scale sim lint fmt bench bench-tls fuzz-build fuzz
 
 build:
 	$(CARGO) build --release --workspace
@@ -45,6 +45,18 @@ fmt:
 bench:
 	$(CARGO) build --release --workspace
 	$(CARGO) run --release -p relay-bench -- suite --json target/bench/results.json --svg target/bench/latency.svg
+
+# The TLS targets of issue #8 (about 75 s on 2 cores): every phase over
+# TLS with one ECDSA P-256 certificate made for the run, the relay and HAProxy
+# (bind … ssl crt, nbthread 1) alternating: idle memory per TLS connection at
+# 10,000 phones (HAProxy at 9,900: its open-file limit), CPU per message at 1
+# and 8 in flight, CPU per connect–handshake–echo–close cycle (churn, full TLS
+# 1.3 handshakes). Needs HAProxy; see docs/BENCHMARKS.md, "TLS".
+bench-tls:
+	$(CARGO) build --release --workspace
+	$(CARGO) run --release -p relay-bench -- suite --tls --baseline haproxy \
+		--idle-phones 1000,10000 --in-flight 1,8 --rates 5000 --large-size 0 --no-fanout \
+		--json target/bench/results-tls.json --svg target/bench/latency-tls.svg
 
 # Fuzzing (nightly + `cargo install cargo-fuzz`); see docs/SECURITY.md.
 FUZZ_TIME ?= 60

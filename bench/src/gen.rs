@@ -14,12 +14,11 @@
 //! loop turn, so a busy connection sends many frames per `write`.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -27,6 +26,8 @@ use pyrycode_relay::buffer::BufferPool;
 use pyrycode_relay::ws::{self as codec, write_client_frame, Event, Reader};
 
 use crate::sys::{self, TimerFd};
+use crate::tls;
+use crate::transport::Transport;
 use crate::wsproto::{self as ws, Rng};
 
 const TIMER: Token = Token(usize::MAX - 1);
@@ -57,6 +58,8 @@ pub struct Target {
     /// Whether the target is the relay (binaries needed, envelopes) or a
     /// plain echo endpoint (through HAProxy).
     pub relay: bool,
+    /// TLS client of every connection (`None`: plain TCP).
+    pub tls: Option<tls::Client>,
 }
 
 #[derive(Debug)]
@@ -89,7 +92,7 @@ enum Role {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Transport,
     role: Role,
     state: State,
     key: Box<str>,
@@ -174,6 +177,8 @@ pub struct Gen {
     conns: slab::Slab<Conn>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
+    /// Ciphertext of one read (TLS only; empty otherwise).
+    tls_scratch: Vec<u8>,
     /// Buffers the readers borrow for partial frames.
     buffers: BufferPool,
     rng: Rng,
@@ -245,12 +250,17 @@ impl Gen {
         let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let payload = noise_payload(size, &mut rng);
         let run_tag = format!("{:08x}", rng.next_u64() as u32);
+        let tls_scratch = match target.tls {
+            Some(_) => vec![0; SCRATCH],
+            None => Vec::new(),
+        };
         Ok(Gen {
             poll,
             events: Events::with_capacity(1024),
             conns: slab::Slab::new(),
             dirty: Vec::new(),
             scratch: vec![0; SCRATCH],
+            tls_scratch,
             buffers: BufferPool::default(),
             rng,
             target,
@@ -345,6 +355,13 @@ impl Gen {
             self.errors.add(format!("register: {err}"));
             return None;
         }
+        let stream = match Transport::new(stream, self.target.tls.as_ref()) {
+            Ok(s) => s,
+            Err(err) => {
+                self.errors.add(format!("TLS client: {err}"));
+                return None;
+            }
+        };
         entry.insert(Conn {
             stream,
             role,
@@ -583,14 +600,14 @@ impl Gen {
 
     fn on_connect_ready(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        match conn.stream.take_error() {
+        match conn.stream.tcp().take_error() {
             Ok(None) => {}
             Ok(Some(err)) | Err(err) => {
                 let what = format!("connect: {err}");
                 return self.fail(key, what);
             }
         }
-        match conn.stream.peer_addr() {
+        match conn.stream.tcp().peer_addr() {
             Ok(_) => {}
             Err(err) if err.kind() == ErrorKind::NotConnected => return,
             Err(err) => {
@@ -633,6 +650,10 @@ impl Gen {
         if matches!(conn.state, State::Connecting) {
             return;
         }
+        if let Err(err) = conn.stream.flush() {
+            let what = format!("write: {err}");
+            return self.fail(key, what);
+        }
         while conn.out_pos < conn.out.len() {
             match conn.stream.write(&conn.out[conn.out_pos..]) {
                 Ok(0) => return self.fail(key, "write returned 0".into()),
@@ -659,8 +680,9 @@ impl Gen {
 
     fn read(&mut self, key: usize) {
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut cipher = std::mem::take(&mut self.tls_scratch);
         while let Some(conn) = self.conns.get_mut(key) {
-            match conn.stream.read(&mut scratch) {
+            match conn.stream.read(&mut scratch, &mut cipher) {
                 Ok(0) => {
                     self.on_eof(key);
                     break;
@@ -684,6 +706,7 @@ impl Gen {
             }
         }
         self.scratch = scratch;
+        self.tls_scratch = cipher;
     }
 
     /// The response to the upgrade request, once its head is complete:
@@ -741,6 +764,9 @@ impl Gen {
         let conn = &mut self.conns[key];
         conn.state = State::Open;
         conn.key = Box::from("");
+        if let (Some(client), Some(session)) = (&self.target.tls, conn.stream.tls()) {
+            client.record(session);
+        }
         self.pending_connects -= 1;
         let started = conn.started;
         let is_phone = matches!(conn.role, Role::Phone { .. });
@@ -991,8 +1017,8 @@ impl Gen {
 
     fn remove(&mut self, key: usize) {
         let mut conn = self.conns.remove(key);
-        sys::set_linger_zero(&conn.stream);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        sys::set_linger_zero(conn.stream.tcp());
+        let _ = self.poll.registry().deregister(conn.stream.tcp_mut());
         if let Role::Phone { churn: true, .. } = conn.role {
             self.churn_active -= 1;
         }
@@ -1077,8 +1103,8 @@ impl Gen {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let mut conn = self.conns.remove(key);
-            sys::set_linger_zero(&conn.stream);
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            sys::set_linger_zero(conn.stream.tcp());
+            let _ = self.poll.registry().deregister(conn.stream.tcp_mut());
         }
         self.churn_active = 0;
         self.pending_connects = 0;

@@ -5,7 +5,9 @@
 //! peers to another, loads it through real WebSockets on loopback, and
 //! reports throughput, latency percentiles, proxy CPU time per forwarded
 //! message and memory per connection. `relay-bench` with no subcommand
-//! runs the default suite (`make bench`).
+//! runs the default suite (`make bench`). `--tls` runs every scenario over
+//! TLS against both targets (`make bench-tls`); `--url` loads a relay that
+//! is already running and reports what its clients see.
 
 mod echo_server;
 mod fd_exhaustion;
@@ -16,7 +18,10 @@ mod scenario;
 mod soak;
 mod sys;
 mod target;
+mod tls;
+mod transport;
 mod upgrade;
+mod url;
 mod wsproto;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -92,6 +97,8 @@ enum Baseline {
     Haproxy,
     /// HAProxy too when it is installed.
     Auto,
+    /// HAProxy alone, no relay (its own figures).
+    Only,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -127,6 +134,23 @@ struct Common {
     /// Less progress on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Every scenario over TLS: one ECDSA P-256 certificate made for the
+    /// run, served by the relay (--https-listen, --tls-cert) and by HAProxy
+    /// (bind … ssl crt); the peers check it and never resume a session.
+    #[arg(long, conflicts_with = "url")]
+    tls: bool,
+    /// Load a relay that is already running at ws://host:port or
+    /// wss://host:port: nothing is started or pinned on its side, and only
+    /// client-side figures are reported (throughput, latency, errors).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Let --url point outside 127.0.0.0/8.
+    #[arg(long, requires = "url")]
+    allow_remote: bool,
+    /// With --url wss://: trust the certificates in this PEM file instead
+    /// of Mozilla's roots.
+    #[arg(long, value_name = "FILE", requires = "url")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -424,6 +448,15 @@ fn setup(common: &Common) -> Result<Setup, String> {
         .collect();
     let workdir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    let TransportPlan {
+        remote,
+        pki,
+        client: tls_client,
+    } = transport_setup(common, &workdir)?;
+    let sources = match &remote {
+        Some(r) => r.sources(&sources),
+        None => sources,
+    };
     let relay = common
         .relay
         .clone()
@@ -436,6 +469,7 @@ fn setup(common: &Common) -> Result<Setup, String> {
         proxy_cpu: pin.then_some(common.proxy_cpu),
         gen_cpu: pin.then_some(common.gen_cpu),
         workdir,
+        tls: pki.as_ref().map(|p| p.files.clone()),
     };
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -476,6 +510,8 @@ fn setup(common: &Common) -> Result<Setup, String> {
         "relay": relay.display().to_string(),
         "relay_log_level": common.relay_log_level,
         "relay_extra_args": common.relay_args,
+        "transport": if tls_client.is_some() { "tls" } else { "plain" },
+        "url": remote.as_ref().map(|r| r.url.clone()),
     });
     if !common.quiet {
         eprintln!("relay-bench: {pin_note}");
@@ -486,11 +522,63 @@ fn setup(common: &Common) -> Result<Setup, String> {
             relay.display()
         );
         eprintln!("relay-bench: load average {}", loadavg());
+        if let Some(r) = &remote {
+            eprintln!(
+                "relay-bench: target {} ({}), already running: client-side figures only",
+                r.url, r.addr
+            );
+        }
     }
+    let mut env = Env::new(launch, sources, fd_limit, !common.quiet);
+    env.tls = tls_client;
+    env.remote = remote;
     Ok(Setup {
-        env: Env::new(launch, sources, fd_limit, !common.quiet),
+        env,
         machine,
         json: common.json.clone(),
+    })
+}
+
+/// Where the peers dial and how, from `--url`, `--tls` and `--tls-ca`.
+#[derive(Default)]
+struct TransportPlan {
+    /// `--url`, resolved and allowed.
+    remote: Option<url::Remote>,
+    /// `--tls`: the run's certificate, for the targets started.
+    pki: Option<tls::Pki>,
+    /// The peers' TLS client (`--tls`, or a `wss://` URL).
+    client: Option<tls::Client>,
+}
+
+fn transport_setup(common: &Common, workdir: &std::path::Path) -> Result<TransportPlan, String> {
+    if let Some(text) = &common.url {
+        let remote = url::Remote::resolve(text, common.allow_remote)?;
+        if common.tls_ca.is_some() && !remote.tls {
+            return Err(format!("--tls-ca applies to wss:// URLs, not {text}"));
+        }
+        let client = if remote.tls {
+            let roots = tls::roots_for_url(common.tls_ca.as_deref())?;
+            let name = rustls::pki_types::ServerName::try_from(remote.host.clone())
+                .map_err(|e| format!("--url {text}: {e}"))?;
+            Some(tls::Client::new(roots, name))
+        } else {
+            None
+        };
+        return Ok(TransportPlan {
+            remote: Some(remote),
+            pki: None,
+            client,
+        });
+    }
+    if !common.tls {
+        return Ok(TransportPlan::default());
+    }
+    let pki = tls::Pki::generate(workdir)?;
+    let client = pki.client()?;
+    Ok(TransportPlan {
+        remote: None,
+        pki: Some(pki),
+        client: Some(client),
     })
 }
 
@@ -500,12 +588,31 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// Decides whether HAProxy runs too.
-fn baseline(setup: &mut Setup, baseline: Baseline) -> Result<bool, String> {
+/// Decides what runs: the relay (or the `--url` relay, or HAProxy alone
+/// with `--baseline only`) and whether HAProxy runs beside it.
+fn plan(setup: &mut Setup, runner: &mut Runner, baseline: Baseline) -> Result<bool, String> {
+    if setup.env.remote.is_some() {
+        runner.primary = Kind::Url;
+        return match baseline {
+            Baseline::None | Baseline::Auto => Ok(false),
+            Baseline::Haproxy | Baseline::Only => {
+                Err("--url loads a relay that runs elsewhere; no HAProxy baseline with it".into())
+            }
+        };
+    }
     let haproxy = setup.env.launch.haproxy.clone();
     let available = target::haproxy_available(&haproxy);
     let on = match baseline {
         Baseline::None => false,
+        Baseline::Only if !available => {
+            return Err(format!(
+                "--baseline only: `{haproxy}` cannot be run; install it (Debian: apt-get install -y haproxy) or pass --haproxy PATH"
+            ))
+        }
+        Baseline::Only => {
+            runner.primary = Kind::Haproxy;
+            true
+        }
         Baseline::Haproxy if !available => {
             return Err(format!(
                 "--baseline haproxy: `{haproxy}` cannot be run; install it (Debian: apt-get install -y haproxy) or pass --haproxy PATH"
@@ -527,7 +634,7 @@ fn baseline(setup: &mut Setup, baseline: Baseline) -> Result<bool, String> {
         setup.machine["haproxy"] = json!(version);
         eprintln!("relay-bench: baseline {version}, nbthread 1, mode http, timeout tunnel");
     }
-    Ok(on)
+    Ok(on && runner.primary != Kind::Haproxy)
 }
 
 /// Runs `f` for the relay and, with a baseline, for HAProxy: alternating
@@ -536,18 +643,28 @@ struct Runner {
     results: Vec<Measurement>,
     failures: Vec<String>,
     pairs: usize,
+    /// What is measured: the relay, the `--url` relay, or HAProxy alone.
+    primary: Kind,
 }
 
 impl Runner {
+    /// The targets of one pair.
+    fn kinds(&self, with_haproxy: bool) -> Vec<Kind> {
+        let mut kinds = vec![self.primary];
+        if with_haproxy && self.primary != Kind::Haproxy {
+            kinds.push(Kind::Haproxy);
+        }
+        kinds
+    }
+
     fn pair(
         &mut self,
         env: &mut Env,
         with_haproxy: bool,
         mut f: impl FnMut(&mut Env, Kind) -> Result<Measurement, String>,
     ) {
-        let mut kinds = vec![Kind::Relay];
-        if with_haproxy {
-            kinds.push(Kind::Haproxy);
+        let mut kinds = self.kinds(with_haproxy);
+        if kinds.len() == 2 {
             if self.pairs % 2 == 1 {
                 kinds.reverse();
             }
@@ -576,9 +693,19 @@ fn finish(
     title: &str,
 ) -> ExitCode {
     report::print(&runner.results, header);
-    let targets = report::targets(&runner.results);
-    report::print_targets(&targets);
     let mut machine = setup.machine.clone();
+    let targets = if let Some(client) = &setup.env.tls {
+        let log = client.log();
+        println!("\n## TLS handshakes (as the clients saw them)");
+        for line in log.lines() {
+            println!("  {line}");
+        }
+        machine["tls_handshakes"] = log.json();
+        report::tls_targets(&runner.results)
+    } else {
+        report::targets(&runner.results)
+    };
+    report::print_targets(&targets);
     machine["load_average_at_end"] = json!(loadavg());
     if let Some(path) = svg {
         match report::write_svg(path, &runner.results, title) {
@@ -614,13 +741,26 @@ fn finish(
 }
 
 fn header(setup: &Setup) -> String {
-    format!(
+    let mut text = format!(
         "# relay-bench — {} CPUs ({}), kernel {}; {}",
         setup.machine["cpus"],
         setup.machine["cpu_model"].as_str().unwrap_or(""),
         setup.machine["kernel"].as_str().unwrap_or(""),
         setup.machine["pinning"].as_str().unwrap_or("")
-    )
+    );
+    if let Some(remote) = &setup.env.remote {
+        text.push_str(&format!(
+            "\n# target {} ({}), already running: client-side figures only (no proxy CPU or memory)",
+            remote.url, remote.addr
+        ));
+    } else if setup.env.tls.is_some() {
+        text.push_str(
+            "\n# over TLS: one ECDSA P-256 certificate made for the run, served by the relay \
+             (--https-listen, --tls-cert) and by HAProxy (bind … ssl crt, TLS 1.2+1.3, alpn http/1.1); \
+             clients: rustls (ring), SNI checked, no session resumption",
+        );
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -652,9 +792,11 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         results: Vec::new(),
         failures: Vec::new(),
         pairs: 0,
+        primary: Kind::Relay,
     };
     let code = match cmd {
         Cmd::Upgrade(a) => {
+            own_relay_only(&a.common, "upgrade", false)?;
             let mut setup = setup(&a.common)?;
             let mut outcomes = Vec::new();
             for &connections in &a.connections {
@@ -693,11 +835,17 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Suite(a) => {
             let mut setup = setup(&a.common)?;
-            let ha = baseline(&mut setup, a.baseline)?;
+            let ha = plan(&mut setup, &mut runner, a.baseline)?;
             let env = &mut setup.env;
-            eprintln!("== idle");
-            for &n in &a.idle_phones {
-                let ha_n = if ha {
+            let idle_phones = if runner.primary == Kind::Url {
+                eprintln!("== idle: skipped (--url: no relay process to read memory from)");
+                &[][..]
+            } else {
+                eprintln!("== idle");
+                &a.idle_phones[..]
+            };
+            for &n in idle_phones {
+                let ha_n = if ha || runner.primary == Kind::Haproxy {
                     let max = env.max_phones(Kind::Haproxy, 1) / 100 * 100;
                     if n > max {
                         eprintln!(
@@ -776,7 +924,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     a.churn_rest,
                 )
             });
-            if !a.no_fanout {
+            if !a.no_fanout && runner.primary != Kind::Haproxy {
                 eprintln!("== fanout");
                 runner.pair(env, false, |env, kind| {
                     env.traffic(
@@ -804,10 +952,17 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             code
         }
         Cmd::Idle(a) => {
+            if a.common.url.is_some() {
+                return Err(
+                    "idle measures the relay's memory; with --url there is no process to read \
+                     (use echo, fanout or churn)"
+                        .into(),
+                );
+            }
             let mut setup = setup(&a.common)?;
-            let ha = baseline(&mut setup, a.baseline)?;
+            let ha = plan(&mut setup, &mut runner, a.baseline)?;
             for &n in &a.phones {
-                for kind in kinds(ha) {
+                for kind in runner.kinds(ha) {
                     let max = setup.env.max_phones(kind, a.phones_per_binary);
                     if n > max {
                         return Err(format!(
@@ -819,7 +974,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                                 .check_fit(
                                     kind,
                                     n,
-                                    if kind == Kind::Relay {
+                                    if kind.is_relay() {
                                         n.div_ceil(a.phones_per_binary)
                                     } else {
                                         0
@@ -838,9 +993,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Echo(a) => {
             let mut setup = setup(&a.common)?;
-            let ha = baseline(&mut setup, a.baseline)?;
-            for kind in kinds(ha) {
-                let binaries = if kind == Kind::Relay {
+            let ha = plan(&mut setup, &mut runner, a.baseline)?;
+            for kind in runner.kinds(ha) {
+                let binaries = if kind.is_relay() {
                     a.phones.div_ceil(a.phones_per_binary)
                 } else {
                     0
@@ -878,8 +1033,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Fanout(a) => {
             let mut setup = setup(&a.common)?;
+            plan(&mut setup, &mut runner, Baseline::None)?;
             setup.env.check_fit(
-                Kind::Relay,
+                runner.primary,
                 a.phones,
                 a.phones.div_ceil(a.phones_per_binary),
             )?;
@@ -899,7 +1055,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
         }
         Cmd::Churn(a) => {
             let mut setup = setup(&a.common)?;
-            let ha = baseline(&mut setup, a.baseline)?;
+            let ha = plan(&mut setup, &mut runner, a.baseline)?;
             runner.pair(&mut setup.env, ha, |env, kind| {
                 env.churn(
                     kind,
@@ -914,6 +1070,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             finish(&setup, &runner, &header(&setup), None, "")
         }
         Cmd::FdExhaustion(a) => {
+            own_relay_only(&a.common, "fd-exhaustion", false)?;
             let setup = setup(&a.common)?;
             let m = fd_exhaustion::measure(
                 &setup.env.launch,
@@ -941,6 +1098,7 @@ fn soak(a: SoakArgs) -> Result<ExitCode, String> {
     if a.interval.is_zero() {
         return Err("--interval must be more than 0".into());
     }
+    own_relay_only(&a.common, "soak", true)?;
     let mut setup = setup(&a.common)?;
     let params = soak::SoakParams {
         duration: a.duration,
@@ -978,10 +1136,18 @@ fn soak(a: SoakArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn kinds(ha: bool) -> Vec<Kind> {
-    if ha {
-        vec![Kind::Relay, Kind::Haproxy]
-    } else {
-        vec![Kind::Relay]
+/// Refuses `--url` for a subcommand that starts its own relay, and `--tls`
+/// for one that measures plain connections only.
+fn own_relay_only(common: &Common, what: &str, over_tls: bool) -> Result<(), String> {
+    if common.url.is_some() {
+        return Err(format!(
+            "{what} starts and watches its own relay; --url is not supported"
+        ));
     }
+    if common.tls && !over_tls {
+        return Err(format!(
+            "{what} measures plain connections; --tls is not supported"
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Results people can read: tables on stdout, relay/HAProxy ratios, the
-//! targets of the benchmark issue, `--json` with every figure, and an SVG
-//! chart of latency percentiles against offered load.
+//! targets of the benchmark issue (and of the TLS issue with `--tls`),
+//! `--json` with every figure, and an SVG chart of latency percentiles
+//! against offered load. A `--url` target has no proxy figures: its proxy
+//! columns show `-`.
 
 use std::path::Path;
 
@@ -18,6 +20,15 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1048576.0)
+}
+
+/// A figure of the proxy's process, or `-` when it was not measured.
+fn proxy_figure(m: &Measurement, text: String) -> String {
+    if m.proxy_measured() {
+        text
+    } else {
+        "-".into()
+    }
 }
 
 /// Prints one measurement as soon as it is taken (one line).
@@ -122,7 +133,7 @@ pub fn print(all: &[Measurement], header: &str) {
         for m in &rows {
             let p = m.latency;
             println!(
-                "{:<8} {:<30} {:>10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8.1} {:>6.1} {:>6} {:>8} {:>6}",
+                "{:<8} {:<30} {:>10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.1} {:>6} {:>8} {:>6}",
                 m.target.name(),
                 m.label,
                 fmt_count(m.throughput),
@@ -133,10 +144,10 @@ pub fn print(all: &[Measurement], header: &str) {
                 opt(p.map(|p| p.max), 0),
                 opt(m.cpu_per_msg(), 2),
                 opt(m.cpu_per_msg_sched(), 2),
-                m.proxy_cpu_pct,
+                proxy_figure(m, format!("{:.1}", m.proxy_cpu_pct)),
                 m.gen_cpu_pct,
                 opt(m.echo_cpu_pct, 1),
-                mib(m.rss_after),
+                proxy_figure(m, mib(m.rss_after)),
                 m.errors.count
             );
         }
@@ -163,7 +174,7 @@ pub fn print(all: &[Measurement], header: &str) {
         for m in &churn {
             let p = m.upgrade_latency;
             println!(
-                "{:<8} {:<14} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>8.1} {:>6.1} {:>6}",
+                "{:<8} {:<14} {:>11} {:>7} {:>7} {:>7} {:>8} {:>8} {:>11} {:>8} {:>6.1} {:>6}",
                 m.target.name(),
                 m.label,
                 fmt_count(m.throughput),
@@ -173,7 +184,7 @@ pub fn print(all: &[Measurement], header: &str) {
                 opt(p.map(|p| p.p999), 0),
                 opt(p.map(|p| p.max), 0),
                 opt(m.cpu_per_cycle(), 1),
-                m.proxy_cpu_pct,
+                proxy_figure(m, format!("{:.1}", m.proxy_cpu_pct)),
                 m.gen_cpu_pct,
                 m.errors.count
             );
@@ -342,12 +353,79 @@ pub fn targets(all: &[Measurement]) -> Vec<Value> {
     out
 }
 
+/// The targets of the TLS issue, judged on a `--tls` run: relay against
+/// HAProxy terminating TLS with the same certificate, same run.
+pub fn tls_targets(all: &[Measurement]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let largest_idle = |kind: Kind| {
+        all.iter()
+            .filter(|m| m.scenario == "idle" && m.target == kind && m.phones >= 5000)
+            .max_by_key(|m| m.phones)
+    };
+    if let (Some(r), Some(h)) = (largest_idle(Kind::Relay), largest_idle(Kind::Haproxy)) {
+        if let (Some(rm), Some(hm)) = (r.mem_per_conn(), h.mem_per_conn()) {
+            out.push(json!({
+                "target": format!(
+                    "memory per idle TLS connection at {} phones ≤ 1/4 of HAProxy's (at {})",
+                    fmt_count(r.phones as f64), fmt_count(h.phones as f64)
+                ),
+                "measured": rm, "haproxy": hm, "unit": "B", "met": rm <= hm / 4.0, "by": rm / hm,
+            }));
+        }
+    }
+    for k in [1usize, 8] {
+        let find = |kind: Kind| {
+            all.iter().find(|m| {
+                m.scenario == "echo"
+                    && m.target == kind
+                    && m.size == 256
+                    && matches!(m.load, Some(Load::Closed(n)) if n == k)
+            })
+        };
+        if let (Some(r), Some(h)) = (find(Kind::Relay), find(Kind::Haproxy)) {
+            if let (Some(rc), Some(hc)) = (r.cpu_per_msg(), h.cpu_per_msg()) {
+                out.push(json!({
+                    "target": format!(
+                        "CPU µs per forwarded message over TLS, {} phones, {} B, {k} in flight ≤ HAProxy's",
+                        r.phones, r.size
+                    ),
+                    "measured": rc, "haproxy": hc, "unit": "µs", "met": rc <= hc, "by": rc / hc,
+                    "note": format!(
+                        "generator CPU {:.0}% (relay run), {:.0}% (HAProxy run); proxy CPU {:.0}% and {:.0}%",
+                        r.gen_cpu_pct, h.gen_cpu_pct, r.proxy_cpu_pct, h.proxy_cpu_pct
+                    ),
+                }));
+            }
+        }
+    }
+    let churn = |kind: Kind| {
+        all.iter()
+            .find(|m| m.scenario == "churn" && m.target == kind)
+    };
+    if let (Some(r), Some(h)) = (churn(Kind::Relay), churn(Kind::Haproxy)) {
+        if let (Some(rc), Some(hc)) = (r.cpu_per_cycle(), h.cpu_per_cycle()) {
+            out.push(json!({
+                "target": format!(
+                    "CPU µs per connect–full TLS handshake–echo–close cycle, {} ≤ HAProxy's",
+                    r.label
+                ),
+                "measured": rc, "haproxy": hc, "unit": "µs", "met": rc <= hc, "by": rc / hc,
+                "note": format!(
+                    "generator CPU {:.0}% (relay run), {:.0}% (HAProxy run); proxy CPU {:.0}% and {:.0}%",
+                    r.gen_cpu_pct, h.gen_cpu_pct, r.proxy_cpu_pct, h.proxy_cpu_pct
+                ),
+            }));
+        }
+    }
+    out
+}
+
 pub fn print_targets(targets: &[Value]) {
     if targets.is_empty() {
         return;
     }
     println!();
-    println!("## targets (benchmark issue)");
+    println!("## targets (of the issues)");
     for t in targets {
         let met = if t["met"].as_bool() == Some(true) {
             "MET "
@@ -355,7 +433,10 @@ pub fn print_targets(targets: &[Value]) {
             "MISS"
         };
         let measured = t["measured"].as_f64().unwrap_or(f64::NAN);
-        let extra = match t["haproxy"].as_f64() {
+        let mut extra = match t["haproxy"].as_f64() {
+            Some(h) if h > 100.0 => {
+                format!(" (HAProxy {}, ratio {:.2})", fmt_count(h), measured / h)
+            }
             Some(h) => format!(" (HAProxy {h:.2}, ratio {:.2})", measured / h),
             None => match t["generator_cpu_percent"].as_f64() {
                 Some(g) => {
@@ -377,6 +458,9 @@ pub fn print_targets(targets: &[Value]) {
                 None => String::new(),
             },
         };
+        if let Some(note) = t["note"].as_str() {
+            extra.push_str(&format!("; {note}"));
+        }
         println!(
             "  [{met}] {}: {} {}{extra}",
             t["target"].as_str().unwrap_or(""),
@@ -392,11 +476,16 @@ pub fn print_targets(targets: &[Value]) {
 
 /// Writes every figure as JSON.
 pub fn write_json(path: &Path, machine: Value, all: &[Measurement]) -> std::io::Result<()> {
+    let targets = if machine["transport"] == "tls" {
+        tls_targets(all)
+    } else {
+        targets(all)
+    };
     let doc = json!({
         "machine": machine,
         "measurements": all.iter().map(Measurement::json).collect::<Vec<_>>(),
         "ratios_relay_over_haproxy": ratios(all),
-        "targets": targets(all),
+        "targets": targets,
     });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -454,7 +543,7 @@ pub fn write_svg(path: &Path, all: &[Measurement], title: &str) -> Result<bool, 
         RGBColor(44, 160, 44),
     ];
     let names = ["p50", "p99", "p99.9"];
-    for kind in [Kind::Relay, Kind::Haproxy] {
+    for kind in [Kind::Relay, Kind::Url, Kind::Haproxy] {
         let mut pts: Vec<&Measurement> =
             open.iter().copied().filter(|m| m.target == kind).collect();
         if pts.is_empty() {
@@ -470,7 +559,7 @@ pub fn write_svg(path: &Path, all: &[Measurement], title: &str) -> Result<bool, 
             let label = format!("{} {}", kind.name(), names[q]);
             let style = color.stroke_width(2);
             match kind {
-                Kind::Relay => chart
+                Kind::Relay | Kind::Url => chart
                     .draw_series(LineSeries::new(data.clone(), style).point_size(3))
                     .map_err(err)?
                     .label(label)

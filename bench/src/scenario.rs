@@ -1,6 +1,8 @@
 //! The scenarios: each phase starts a fresh proxy, builds its population
 //! of simulated peers, loads it, samples `/proc` around the measured window
-//! and tears everything down.
+//! and tears everything down. Over TLS (`--tls`) and against a relay that
+//! is already running (`--url`) the scenarios are the same; only the
+//! target and the peers' transport change.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -11,6 +13,8 @@ use serde_json::{json, Value};
 use crate::gen::{Errors, Gen, Mode, Target};
 use crate::sys::{self, ProcSample};
 use crate::target::{Kind, Launch, Running};
+use crate::tls;
+use crate::url::Remote;
 
 /// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +110,11 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// Whether the proxy's process was measured (not for `--url`).
+    pub fn proxy_measured(&self) -> bool {
+        self.target != Kind::Url
+    }
+
     /// Relay: phones and binaries; HAProxy: proxied clients.
     pub fn connections(&self) -> usize {
         self.phones + self.binaries
@@ -114,28 +123,32 @@ impl Measurement {
     /// Resident memory grown per connection once all were connected.
     pub fn mem_per_conn(&self) -> Option<f64> {
         let n = self.connections();
-        (n > 0).then(|| self.rss_connected.saturating_sub(self.rss_before) as f64 / n as f64)
+        (n > 0 && self.proxy_measured())
+            .then(|| self.rss_connected.saturating_sub(self.rss_before) as f64 / n as f64)
     }
 
     /// Resident memory grown per phone (per proxied client for HAProxy).
     pub fn mem_per_phone(&self) -> Option<f64> {
-        (self.phones > 0)
+        (self.phones > 0 && self.proxy_measured())
             .then(|| self.rss_connected.saturating_sub(self.rss_before) as f64 / self.phones as f64)
     }
 
     /// Proxy CPU (utime+stime) per forwarded message, microseconds.
     pub fn cpu_per_msg(&self) -> Option<f64> {
-        (self.forwarded > 0).then(|| self.proxy_cpu_us as f64 / self.forwarded as f64)
+        (self.forwarded > 0 && self.proxy_measured())
+            .then(|| self.proxy_cpu_us as f64 / self.forwarded as f64)
     }
 
     /// Same from schedstat (nanosecond accounting).
     pub fn cpu_per_msg_sched(&self) -> Option<f64> {
-        (self.forwarded > 0).then(|| self.proxy_sched_us / self.forwarded as f64)
+        (self.forwarded > 0 && self.proxy_measured())
+            .then(|| self.proxy_sched_us / self.forwarded as f64)
     }
 
     /// Proxy CPU per completed cycle (churn), microseconds.
     pub fn cpu_per_cycle(&self) -> Option<f64> {
-        (self.completed > 0).then(|| self.proxy_cpu_us as f64 / self.completed as f64)
+        (self.completed > 0 && self.proxy_measured())
+            .then(|| self.proxy_cpu_us as f64 / self.completed as f64)
     }
 
     pub fn offered(&self) -> Option<f64> {
@@ -146,6 +159,24 @@ impl Measurement {
     }
 
     pub fn json(&self) -> Value {
+        let mut doc = self.json_all();
+        if !self.proxy_measured() {
+            for key in [
+                "proxy_cpu_us_utime_stime",
+                "proxy_cpu_us_schedstat",
+                "proxy_cpu_percent",
+                "rss_before_bytes",
+                "rss_connected_bytes",
+                "rss_after_bytes",
+                "hwm_after_bytes",
+            ] {
+                doc[key] = Value::Null;
+            }
+        }
+        doc
+    }
+
+    fn json_all(&self) -> Value {
         json!({
             "scenario": self.scenario,
             "target": self.target.name(),
@@ -218,6 +249,10 @@ pub struct Env {
     pub fd_limit: u64,
     pub setup_timeout: Duration,
     pub verbose: bool,
+    /// `--tls`: every peer dials with this client.
+    pub tls: Option<tls::Client>,
+    /// `--url`: the relay already running, in place of the ones started.
+    pub remote: Option<Remote>,
     phase: usize,
 }
 
@@ -245,6 +280,8 @@ impl Env {
             fd_limit,
             setup_timeout: Duration::from_secs(60),
             verbose,
+            tls: None,
+            remote: None,
             phase: 0,
         }
     }
@@ -255,7 +292,7 @@ impl Env {
         let ports = (sys::ephemeral_ports().saturating_sub(1000)) * self.sources.len();
         match kind {
             // Generator and relay each hold phones + binaries sockets.
-            Kind::Relay => {
+            Kind::Relay | Kind::Url => {
                 let per = |p: usize| p + p.div_ceil(phones_per_binary.max(1));
                 let mut n = budget.min(ports);
                 while n > 0 && per(n) > budget.min(ports) {
@@ -321,9 +358,11 @@ impl Env {
     ) -> Result<Running, String> {
         self.phase += 1;
         let tag = format!("{}-{}", self.phase, kind.name());
-        match kind {
-            Kind::Relay => self.launch.relay(phones_per_server, &tag),
-            Kind::Haproxy => self.launch.haproxy(max_clients, &tag),
+        match (kind, &self.remote) {
+            (Kind::Url, Some(remote)) => Ok(Running::remote(remote)),
+            (Kind::Url, None) => Err("no --url given".into()),
+            (Kind::Relay, _) => self.launch.relay(phones_per_server, &tag),
+            (Kind::Haproxy, _) => self.launch.haproxy(max_clients, &tag),
         }
     }
 
@@ -333,10 +372,15 @@ impl Env {
         mode: Mode,
         size: usize,
     ) -> Result<Gen, String> {
+        let host = match (&self.remote, running.kind) {
+            (Some(remote), Kind::Url) => remote.authority.clone(),
+            _ => running.addr.to_string(),
+        };
         let target = Target {
             addr: running.addr,
-            host: running.addr.to_string(),
-            relay: running.kind == Kind::Relay,
+            host,
+            relay: running.kind != Kind::Haproxy,
+            tls: self.tls.as_ref().map(|c| c.for_target(running.kind.name())),
         };
         Gen::new(target, mode, size, self.sources.clone()).map_err(|e| format!("generator: {e}"))
     }
@@ -386,7 +430,7 @@ impl Env {
         phones_per_binary: usize,
         hold: Duration,
     ) -> Result<Measurement, String> {
-        let binaries = if kind == Kind::Relay {
+        let binaries = if kind.is_relay() {
             phones.div_ceil(phones_per_binary)
         } else {
             0
@@ -394,8 +438,7 @@ impl Env {
         self.check_fit(kind, phones, binaries)?;
         let mut running = self.start(kind, phones_per_binary, phones)?;
         let mut gen = self.generator(&running, Mode::Idle, 64)?;
-        let pid = running.pid();
-        let before = sample(pid)?;
+        let before = running.sample()?;
         self.log(&format!(
             "{}: connecting {binaries} binaries, {phones} phones",
             kind.name()
@@ -408,7 +451,7 @@ impl Env {
         }
         let end = Instant::now() + hold;
         gen.run_until(end, |_| false);
-        let connected = sample(pid)?;
+        let connected = running.sample()?;
         let errors = gen.errors.clone();
         gen.abort_all();
         let command = running.command.clone();
@@ -459,10 +502,10 @@ impl Env {
         warmup: Duration,
         duration: Duration,
     ) -> Result<Measurement, String> {
-        if fanout && kind != Kind::Relay {
+        if fanout && !kind.is_relay() {
             return Err("fanout runs against the relay only".into());
         }
-        let binaries = if kind == Kind::Relay {
+        let binaries = if kind.is_relay() {
             phones.div_ceil(phones_per_binary)
         } else {
             0
@@ -471,8 +514,7 @@ impl Env {
         let mut running = self.start(kind, phones_per_binary, phones)?;
         let mode = if fanout { Mode::Fanout } else { Mode::Echo };
         let mut gen = self.generator(&running, mode, size)?;
-        let pid = running.pid();
-        let before = sample(pid)?;
+        let before = running.sample()?;
         self.log(&format!(
             "{}: connecting {binaries} binaries, {phones} phones",
             kind.name()
@@ -493,7 +535,7 @@ impl Env {
                 return Err(e);
             }
         }
-        let connected = sample(pid)?;
+        let connected = running.sample()?;
         match load {
             Load::Closed(k) => gen.start_closed_loop(k),
             Load::Open(rate) => {
@@ -588,21 +630,16 @@ impl Env {
         duration: Duration,
         rest: Duration,
     ) -> Result<Measurement, String> {
-        let binaries = if kind == Kind::Relay {
-            binaries.max(1)
-        } else {
-            0
-        };
+        let binaries = if kind.is_relay() { binaries.max(1) } else { 0 };
         self.check_fit(kind, concurrency, binaries)?;
         let mut running = self.start(kind, concurrency, concurrency)?;
         let mut gen = self.generator(&running, Mode::Churn, size)?;
-        let pid = running.pid();
         if let Err(e) = self.populate(&mut gen, &mut running, binaries, 0) {
             gen.abort_all();
             running.stop();
             return Err(e);
         }
-        let before = sample(pid)?;
+        let before = running.sample()?;
         gen.start_churn(concurrency);
         self.log(&format!("{}: churn {concurrency} at a time", kind.name()));
         gen.run_until(Instant::now() + warmup, |_| false);
@@ -612,7 +649,11 @@ impl Env {
         let w1 = Window::open(&running)?;
         gen.stop_sending();
         let stats = std::mem::replace(&mut gen.stats, crate::gen::Stats::new());
-        let rest = self.rest(&mut gen, pid, rest);
+        // A `--url` relay has no process to watch at rest.
+        let rest = match running.kind {
+            Kind::Url => Ok(None),
+            _ => self.rest(&mut gen, running.pid(), rest).map(Some),
+        };
         let errors = gen.errors.clone();
         gen.abort_all();
         let alive = running.alive();
@@ -633,7 +674,7 @@ impl Env {
             params: json!({
                 "concurrency": concurrency, "binaries": binaries, "message_bytes": size,
                 "warmup_s": warmup.as_secs_f64(), "duration_s": duration.as_secs_f64(),
-                "rest_s": rest.after_s,
+                "rest_s": rest.as_ref().map(|r| r.after_s),
             }),
             phones: 0,
             binaries,
@@ -658,7 +699,7 @@ impl Env {
             rss_connected: w1.proxy.rss,
             rss_after: w1.proxy.rss,
             hwm_after: w1.proxy.hwm,
-            rest: Some(rest),
+            rest,
             errors,
             command,
         })
@@ -710,7 +751,7 @@ struct Window {
 impl Window {
     fn open(running: &Running) -> Result<Window, String> {
         Ok(Window {
-            proxy: sample(running.pid())?,
+            proxy: running.sample()?,
             gen: sample(std::process::id())?,
             echo: running.echo_pid().and_then(|p| sys::sample(p).ok()),
         })

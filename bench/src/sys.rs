@@ -106,6 +106,19 @@ pub struct ProcSample {
     pub sched_ns: u64,
 }
 
+impl ProcSample {
+    /// A sample of no process, only the time (a `--url` target).
+    pub fn unmeasured() -> ProcSample {
+        ProcSample {
+            at: Instant::now(),
+            rss: 0,
+            hwm: 0,
+            cpu_us: 0,
+            sched_ns: 0,
+        }
+    }
+}
+
 /// Samples process `pid` from `/proc`.
 pub fn sample(pid: u32) -> io::Result<ProcSample> {
     let at = Instant::now();

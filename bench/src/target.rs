@@ -1,6 +1,7 @@
 //! What the benchmark measures, started by the benchmark itself: the relay,
 //! or HAProxy in front of the bench's own echo server. Each phase gets a
-//! fresh process, so memory figures start from a clean heap.
+//! fresh process, so memory figures start from a clean heap. With `--tls`
+//! both serve the run's certificate; with `--url` nothing is started.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -8,20 +9,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::sys;
+use crate::sys::{self, ProcSample};
+use crate::tls::CertFiles;
+use crate::url::Remote;
 
 /// Which proxy a measurement is of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Relay,
     Haproxy,
+    /// A relay already running at `--url`: client-side figures only.
+    Url,
 }
 
 impl Kind {
+    /// A relay (started, or at `--url`): binaries, envelopes, fanout.
+    pub fn is_relay(self) -> bool {
+        matches!(self, Kind::Relay | Kind::Url)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Relay => "relay",
             Kind::Haproxy => "haproxy",
+            Kind::Url => "url",
         }
     }
 }
@@ -38,13 +49,16 @@ pub struct Launch {
     /// CPU of the generator and the echo server.
     pub gen_cpu: Option<usize>,
     pub workdir: PathBuf,
+    /// `--tls`: the certificate both targets serve.
+    pub tls: Option<CertFiles>,
 }
 
-/// A running proxy (and, for HAProxy, its echo server).
+/// A running proxy (and, for HAProxy, its echo server); for `--url`, no
+/// process at all.
 pub struct Running {
     pub kind: Kind,
     pub addr: SocketAddr,
-    proxy: Child,
+    proxy: Option<Child>,
     echo: Option<Child>,
     log: PathBuf,
     /// The command line, for the report.
@@ -103,15 +117,22 @@ impl Launch {
         let addr: SocketAddr = format!("127.0.0.1:{port}")
             .parse()
             .expect("literal address");
-        let mut args: Vec<String> = vec![
-            format!("--insecure-listen={addr}"),
+        let mut args: Vec<String> = match &self.tls {
+            None => vec![format!("--insecure-listen={addr}")],
+            Some(files) => vec![
+                format!("--https-listen={addr}"),
+                format!("--tls-cert={}", files.cert.display()),
+                format!("--tls-key={}", files.key.display()),
+            ],
+        };
+        args.extend([
             "--metrics-listen=".into(),
             "--rate-limit-burst=100000000".into(),
             "--max-connections=1000000".into(),
             "--max-connections-per-ip=1000000".into(),
             format!("--max-phones-per-server={}", phones_per_server.max(16)),
             format!("--log-level={}", self.relay_log_level),
-        ];
+        ]);
         args.extend(self.relay_args.iter().cloned());
         let log = self.workdir.join(format!("relay-{tag}.log"));
         let log_file =
@@ -131,7 +152,7 @@ impl Launch {
         let mut running = Running {
             kind: Kind::Relay,
             addr,
-            proxy: child,
+            proxy: Some(child),
             echo: None,
             log,
             command,
@@ -173,6 +194,14 @@ impl Launch {
             .parse()
             .expect("literal address");
         let maxconn = max_clients + 64;
+        // TLS as the relay serves it: 1.2 and 1.3, ALPN http/1.1 only.
+        let tls = match &self.tls {
+            None => String::new(),
+            Some(files) => format!(
+                " ssl crt {} alpn http/1.1 ssl-min-ver TLSv1.2",
+                files.haproxy_pem.display()
+            ),
+        };
         let config = format!(
             "global\n\
              \tnbthread 1\n\
@@ -186,7 +215,7 @@ impl Launch {
              \ttimeout tunnel 1h\n\
              \tmaxconn {maxconn}\n\
              frontend bench\n\
-             \tbind 127.0.0.1:{port}\n\
+             \tbind 127.0.0.1:{port}{tls}\n\
              \tdefault_backend echo\n\
              backend echo\n\
              \tserver echo1 127.0.0.1:{echo_port}\n"
@@ -218,7 +247,7 @@ impl Launch {
         let mut running = Running {
             kind: Kind::Haproxy,
             addr,
-            proxy,
+            proxy: Some(proxy),
             echo: Some(echo),
             log,
             command,
@@ -229,9 +258,38 @@ impl Launch {
 }
 
 impl Running {
-    /// The measured process.
+    /// A relay that runs elsewhere (`--url`): nothing to start or stop.
+    pub fn remote(remote: &Remote) -> Running {
+        Running {
+            kind: Kind::Url,
+            addr: remote.addr,
+            proxy: None,
+            echo: None,
+            log: PathBuf::new(),
+            command: format!("(already running at {})", remote.url),
+        }
+    }
+
+    /// The measured process (scenarios that watch or signal it by pid
+    /// never run against a `--url` target, which has none).
     pub fn pid(&self) -> u32 {
-        self.proxy.id()
+        self.proxy
+            .as_ref()
+            .map(Child::id)
+            .expect("a --url target has no process")
+    }
+
+    /// The measured process's memory and CPU time now. For `--url` there
+    /// is no process: a sample with only the time in it, which the report
+    /// never shows (see `Measurement::proxy_measured`).
+    pub fn sample(&self) -> Result<ProcSample, String> {
+        match &self.proxy {
+            Some(child) => {
+                let pid = child.id();
+                sys::sample(pid).map_err(|e| format!("/proc/{pid}: {e}"))
+            }
+            None => Ok(ProcSample::unmeasured()),
+        }
     }
 
     /// The echo server's process, if any.
@@ -241,7 +299,10 @@ impl Running {
 
     /// Whether the proxy is still running.
     pub fn alive(&mut self) -> bool {
-        matches!(self.proxy.try_wait(), Ok(None))
+        match &mut self.proxy {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
     }
 
     fn wait_listening(&mut self) -> Result<(), String> {
@@ -273,6 +334,9 @@ impl Running {
 
     /// The last lines the proxy logged.
     pub fn log_tail(&self) -> String {
+        if self.proxy.is_none() {
+            return String::new();
+        }
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
@@ -281,7 +345,7 @@ impl Running {
     /// Stops the proxy and the echo server (SIGTERM, then SIGKILL after a
     /// short grace), and reaps them.
     pub fn stop(mut self) {
-        for child in std::iter::once(&mut self.proxy).chain(self.echo.as_mut()) {
+        for child in self.proxy.iter_mut().chain(self.echo.as_mut()) {
             // SAFETY: signalling our own child by its pid.
             unsafe {
                 libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -304,7 +368,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for child in std::iter::once(&mut self.proxy).chain(self.echo.as_mut()) {
+        for child in self.proxy.iter_mut().chain(self.echo.as_mut()) {
             if matches!(child.try_wait(), Ok(None)) {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -97,6 +97,7 @@ fn generator(running: &Running, mode: Mode, size: usize, env: &Env) -> Result<Ge
         addr: running.addr,
         host: running.addr.to_string(),
         relay: true,
+        tls: None,
     };
     Gen::new(target, mode, size, env.sources.clone()).map_err(|e| format!("generator: {e}"))
 }

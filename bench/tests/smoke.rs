@@ -1,7 +1,8 @@
 //! A tiny run of every scenario against the relay (a few connections for
 //! about a second each, no HAProxy), so the benchmark never rots: the
 //! generator's codec, the simulated peers, `/proc` sampling, the JSON and
-//! the chart all run in `make test`.
+//! the chart all run in `make test`. The same over TLS (`--tls`), and
+//! against a relay the test starts itself (`--url`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +57,347 @@ fn relay_binary() -> PathBuf {
     let built = target_dir.join("debug/pyrycode-relay");
     assert!(built.exists(), "no relay at {}", built.display());
     built
+}
+
+/// Runs relay-bench with `args`: (success, stdout, stderr, exit code).
+fn bench(args: &[&str]) -> (bool, String, String, Option<i32>) {
+    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
+        .args(args)
+        .output()
+        .expect("run relay-bench");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        output.status.code(),
+    )
+}
+
+fn haproxy_installed() -> bool {
+    Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The flags of a tiny suite: 12 idle phones, 6 echoing phones for
+/// 0.6 s in closed and open loop, churn 4 at a time.
+const TINY_SUITE: &[&str] = &[
+    "--quiet",
+    "--idle-phones",
+    "12",
+    "--phones",
+    "6",
+    "--phones-per-binary",
+    "3",
+    "--in-flight",
+    "2",
+    "--rates",
+    "400",
+    "--churn-concurrency",
+    "4",
+    "--churn-rest",
+    "300ms",
+    "--large-size",
+    "0",
+    "--duration",
+    "600ms",
+    "--open-duration",
+    "500ms",
+    "--warmup",
+    "200ms",
+    "--hold",
+    "200ms",
+    "--sources",
+    "3",
+];
+
+/// Every measurement of a results file, checked error-free and busy.
+fn check_runs(doc: &Value, target: &str, scenarios: &[&str]) {
+    let runs = doc["measurements"].as_array().unwrap();
+    for scenario in scenarios {
+        let m = runs
+            .iter()
+            .find(|m| m["scenario"] == *scenario && m["target"] == target)
+            .unwrap_or_else(|| panic!("no {scenario} run of {target} in {doc:#}"));
+        if *scenario == "idle" {
+            assert!(m["rss_connected_bytes"].as_u64().unwrap() > 0, "{m:#}");
+        } else {
+            assert!(m["completed"].as_u64().unwrap() > 0, "{m:#}");
+        }
+    }
+    for m in runs {
+        assert_eq!(m["errors"], 0, "errors in {m:#}");
+    }
+}
+
+/// `--tls`: the tiny suite over TLS against the relay, and against HAProxy
+/// terminating TLS with the same certificate when HAProxy is installed.
+#[test]
+fn every_scenario_runs_briefly_over_tls() {
+    let _one = exclusive();
+    let relay = relay_binary();
+    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("tls.json");
+    let svg = dir.join("tls.svg");
+    let mut args = vec![
+        "suite",
+        "--tls",
+        "--relay",
+        relay.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--baseline",
+        "auto",
+        "--relay-arg=--ping-interval=100ms",
+        "--relay-arg=--pong-timeout=400ms",
+    ];
+    args.extend_from_slice(TINY_SUITE);
+    let (ok, stdout, stderr, _) = bench(&args);
+    assert!(
+        ok,
+        "relay-bench --tls failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("## fanout"), "{stdout}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc["machine"]["transport"], "tls");
+    let mut targets = vec!["relay"];
+    if haproxy_installed() {
+        targets.push("haproxy");
+    }
+    let runs = doc["measurements"].as_array().unwrap();
+    for target in targets {
+        check_runs(&doc, target, &["idle", "echo", "churn"]);
+        let churn = runs
+            .iter()
+            .find(|m| m["scenario"] == "churn" && m["target"] == target)
+            .unwrap();
+        assert!(
+            churn["cpu_us_per_cycle"].as_f64().unwrap() > 0.0,
+            "{churn:#}"
+        );
+        check_handshakes(&doc, target, churn["upgrades"].as_u64().unwrap());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every connection to `target` did a full TLS 1.3 handshake with ALPN
+/// http/1.1, none resumed; at least `upgrades` of them.
+fn check_handshakes(doc: &Value, target: &str, upgrades: u64) {
+    let tally = &doc["machine"]["tls_handshakes"][target];
+    let full = tally["full_handshakes"].as_u64().unwrap();
+    assert!(full >= upgrades && upgrades > 0, "{tally:#}");
+    assert_eq!(tally["resumed"], 0, "{tally:#}");
+    let negotiated = tally["negotiated"].as_object().unwrap();
+    assert!(
+        negotiated
+            .keys()
+            .all(|k| k.starts_with("TLSv1_3 ") && k.ends_with(" http/1.1")),
+        "{tally:#}"
+    );
+}
+
+/// A relay started here, with the bench's limits and fast pings: plain, or
+/// serving TLS from `(cert, key)` files.
+struct RelayProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl RelayProcess {
+    fn start(relay: &Path, tls: Option<(&Path, &Path)>) -> RelayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let listen = match tls {
+            None => vec![format!("--insecure-listen={addr}")],
+            Some((cert, key)) => vec![
+                format!("--https-listen={addr}"),
+                format!("--tls-cert={}", cert.display()),
+                format!("--tls-key={}", key.display()),
+            ],
+        };
+        let child = Command::new(relay)
+            .args(listen)
+            .args(["--metrics-listen=", "--log-level=warn"])
+            .args([
+                "--rate-limit-burst=100000000",
+                "--max-connections-per-ip=1000000",
+            ])
+            .args(["--ping-interval=100ms", "--pong-timeout=400ms"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the relay");
+        let mut relay = RelayProcess { child, addr };
+        // Readiness only: poll for the listener, bounded.
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return relay;
+            }
+            assert!(
+                relay.child.try_wait().unwrap().is_none(),
+                "the relay exited at start-up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the relay did not listen on {addr}");
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--url`: echo (closed and open loop), churn and fanout against a relay
+/// that runs already; client-side figures only.
+#[test]
+fn url_loads_a_relay_that_is_already_running() {
+    let _one = exclusive();
+    let relay = RelayProcess::start(&relay_binary(), None);
+    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-url-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("url.json");
+    let svg = dir.join("url.svg");
+    let url = format!("ws://{}", relay.addr);
+    let mut args = vec![
+        "suite",
+        "--url",
+        &url,
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY_SUITE);
+    let (ok, stdout, stderr, _) = bench(&args);
+    assert!(
+        ok,
+        "relay-bench --url failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("client-side figures only"), "{stdout}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(doc["machine"]["url"], url.as_str());
+    check_runs(&doc, "url", &["echo", "churn", "fanout"]);
+    for m in doc["measurements"].as_array().unwrap() {
+        assert_ne!(m["scenario"], "idle", "idle needs the relay's process");
+        assert_eq!(m["target"], "url");
+        assert!(m["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{m:#}");
+        for proxy_figure in [
+            "proxy_cpu_percent",
+            "cpu_us_per_forwarded_message",
+            "rss_after_bytes",
+            "rss_growth_per_connection_bytes",
+        ] {
+            assert!(m[proxy_figure].is_null(), "{proxy_figure} in {m:#}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--url wss://`: echo and churn against a relay serving TLS with a
+/// self-signed certificate the bench is told to trust (`--tls-ca`).
+#[test]
+fn url_loads_a_relay_over_tls() {
+    let _one = exclusive();
+    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let relay = RelayProcess::start(&relay_binary(), Some((&cert, &key)));
+    let url = format!("wss://localhost:{}", relay.addr.port());
+    let json = dir.join("wss.json");
+    let common = [
+        "--url",
+        url.as_str(),
+        "--tls-ca",
+        cert.to_str().unwrap(),
+        "--quiet",
+        "--sources",
+        "3",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "200ms",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let mut echo = vec!["echo", "--phones", "6", "--phones-per-binary", "3"];
+    echo.extend(["--in-flight", "2"]);
+    echo.extend_from_slice(&common);
+    let mut churn = vec!["churn", "--concurrency", "4"];
+    churn.extend_from_slice(&common);
+    for args in [echo, churn] {
+        let (ok, stdout, stderr, _) = bench(&args);
+        assert!(ok, "{args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(doc["machine"]["transport"], "tls");
+        check_runs(&doc, "url", &[args[0]]);
+        let m = &doc["measurements"][0];
+        assert!(m["proxy_cpu_percent"].is_null(), "{m:#}");
+        let upgrades = m["upgrades"].as_u64().unwrap().max(1);
+        check_handshakes(&doc, "url", upgrades);
+    }
+    // Without --tls-ca the self-signed certificate is refused, and said so.
+    let (ok, _, stderr, _) = bench(&[
+        "echo",
+        "--url",
+        &url,
+        "--phones",
+        "2",
+        "--duration",
+        "200ms",
+    ]);
+    assert!(!ok && stderr.contains("UnknownIssuer"), "{stderr}");
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What `--url` and `--tls` refuse, before any connection is made.
+#[test]
+fn url_refusals_say_why() {
+    for (args, why) in [
+        (
+            &["echo", "--url", "ws://192.0.2.1:8080"][..],
+            "192.0.2.1 is not a loopback address; load goes to 127.0.0.0/8 only, unless --allow-remote is given",
+        ),
+        (&["echo", "--url", "http://127.0.0.1:8080"], "the scheme must be ws or wss"),
+        (&["echo", "--url", "ws://127.0.0.1:8080/v1/client"], "no path"),
+        (
+            &["echo", "--url", "ws://127.0.0.1:8080", "--tls-ca", "/nonexistent"],
+            "--tls-ca applies to wss:// URLs",
+        ),
+        (
+            &["echo", "--url", "ws://127.0.0.1:8080", "--baseline", "haproxy"],
+            "no HAProxy baseline with it",
+        ),
+        (&["idle", "--url", "ws://127.0.0.1:8080"], "no process to read"),
+        (&["echo", "--url", "ws://127.0.0.1:8080", "--tls"], "cannot be used with"),
+        (&["echo", "--allow-remote"], "--url"),
+        (&["upgrade", "--tls"], "upgrade measures plain connections; --tls is not supported"),
+        (
+            &["soak", "--url", "ws://127.0.0.1:8080"],
+            "soak starts and watches its own relay; --url is not supported",
+        ),
+        (
+            &["fd-exhaustion", "--url", "ws://127.0.0.1:8080"],
+            "fd-exhaustion starts and watches its own relay",
+        ),
+    ] {
+        let (ok, _, stderr, code) = bench(args);
+        assert!(!ok && code == Some(2), "{args:?}: {code:?} {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -180,6 +180,7 @@ fn context(a: &BalancedArgs) -> Result<Ctx, String> {
             proxy_cpu: pin.then_some(0),
             gen_cpu: pin.then_some(1),
             workdir,
+            tls: None,
         },
         sources: (2..10).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect(),
         proxy: a.proxy_protocol,
@@ -292,6 +293,7 @@ fn measure(ctx: &Ctx, a: &BalancedArgs, s: Scenario, via: Via) -> Result<Row, St
         addr,
         host: addr.to_string(),
         relay: true,
+        tls: None,
     };
     let mut gen = Gen::new(target, mode, a.size, ctx.sources.clone())
         .map_err(|e| format!("generator: {e}"))?;
