@@ -187,11 +187,11 @@ fn tls_alpn01_is_answered_by_the_relays_loop_and_the_certificate_arrives_through
     config.ca_root = Some(pebble.https_root.clone());
     config.challenge_kinds = vec![ChallengeKind::TlsAlpn01];
 
-    let mut h = Harness::new();
-    let acme = Acme::start(config, h.relay.waker()).unwrap();
+    let mut h = Harness::start();
+    let acme = Acme::start(config, h.relay().waker()).unwrap();
     let resolver = Arc::new(CertResolver::for_acme(acme.challenges().clone(), None));
     let addr = h
-        .relay
+        .relay_mut()
         .listen(Listen {
             addr: SocketAddr::from(([127, 0, 0, 1], tls_port)),
             origin: Origin::WebSocket,
@@ -201,7 +201,8 @@ fn tls_alpn01_is_answered_by_the_relays_loop_and_the_certificate_arrives_through
             },
         })
         .unwrap();
-    h.relay.serve_certificates(resolver.clone(), Some(acme));
+    h.relay_mut()
+        .serve_certificates(resolver.clone(), Some(acme));
 
     let deadline = Instant::now() + ISSUE_TIMEOUT;
     while resolver.certificate().is_none() {
@@ -209,7 +210,7 @@ fn tls_alpn01_is_answered_by_the_relays_loop_and_the_certificate_arrives_through
             Instant::now() < deadline,
             "no certificate within {ISSUE_TIMEOUT:?}"
         );
-        h.turn(Duration::from_millis(10));
+        h.turn_waiting(Duration::from_millis(10));
     }
     let config = trusting(&pebble.root());
     let mut binary = TlsClient::connect(&mut h, addr, &config, "relay.test", b"");
@@ -224,5 +225,5 @@ fn tls_alpn01_is_answered_by_the_relays_loop_and_the_certificate_arrives_through
         "relay.test",
     );
     assert_eq!(status, 101);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
 }

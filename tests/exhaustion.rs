@@ -92,7 +92,7 @@ fn accounted(memory: &Memory) -> usize {
 
 #[test]
 fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_case() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let config = Config::default();
     let per_connection = per_connection_worst_case(&config);
     let mut binary = h.binary("flood");
@@ -100,9 +100,9 @@ fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_c
     for _ in 0..16 {
         phones.push(h.phone_with_id("flood", &mut binary));
     }
-    binary.set_relay_send_buffer(4096);
+    binary.set_relay_send_buffer(&h, 4096);
     for (phone, _) in &phones {
-        phone.set_relay_send_buffer(4096);
+        phone.set_relay_send_buffer(&h, 4096);
     }
     // A maximum-size message each way, and pings nobody reads the pongs of.
     let max_json = |seq: usize| {
@@ -142,12 +142,12 @@ fn flooding_non_reading_peers_with_maximum_size_messages_stays_under_the_worst_c
         let mut moved = 0;
         let clients = phones.iter_mut().map(|(p, _)| p).chain([&mut binary]);
         for (client, (stream, at)) in clients.zip(streams.iter_mut()) {
-            let n = client.send_some(&stream[*at..]);
+            let n = client.write_some(&stream[*at..]);
             *at += n;
             moved += n;
         }
         h.settle();
-        let memory = h.relay.memory();
+        let memory = h.relay().memory();
         if accounted(&memory) > accounted(&worst) {
             worst = memory;
         }
@@ -185,10 +185,10 @@ fn a_flood_of_tiny_phone_messages_cannot_push_the_binary_queue_far_past_high_wat
     // Each 7-byte frame `1` becomes an envelope of ~80 bytes: one 64 KiB
     // read of them used to add ~700 KB past high water before the relay
     // looked at the binary's queue again.
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let config = Config::default();
     let (binary, mut phone, _) = h.pair("tiny");
-    binary.set_relay_send_buffer(4096);
+    binary.set_relay_send_buffer(&h, 4096);
     let one = masked_frame(0x1, true, b"1");
     let stream: Vec<u8> = one
         .iter()
@@ -200,10 +200,10 @@ fn a_flood_of_tiny_phone_messages_cannot_push_the_binary_queue_far_past_high_wat
     let mut peak = 0;
     let mut idle = 0;
     while idle < 3 && at < stream.len() {
-        let n = phone.send_some(&stream[at..]);
+        let n = phone.write_some(&stream[at..]);
         at += n;
         h.settle();
-        peak = peak.max(h.relay.memory().queued_output);
+        peak = peak.max(h.relay().memory().queued_output);
         idle = if n == 0 { idle + 1 } else { 0 };
     }
     let envelope_len = envelope(&"c".repeat(48), b"1").len() + 10;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 /// A binary for "srv-1" and one phone of it, with its conn_id.
 fn pair() -> (Harness, Client, Client, String) {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (binary, phone, conn_id) = h.pair("srv-1");
     (h, binary, phone, conn_id)
 }
@@ -39,7 +39,7 @@ fn assert_phone_closed(
         json_of(&binary.recv_text(h)),
         json!({"conn_id": conn_id, "close_code": code})
     );
-    binary.assert_no_data(h);
+    binary.expect_no_data(h);
     assert_eq!(
         h.stats().binaries,
         1,
@@ -70,10 +70,10 @@ fn send_until_refused(h: &mut Harness, client: &mut Client, bytes: &[u8]) {
         if at == bytes.len() {
             break;
         }
-        match client.stream.write(&bytes[at..]) {
+        match client.stream().write(&bytes[at..]) {
             Ok(n) => at += n,
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                h.turn(Duration::from_millis(1));
+                h.turn_waiting(Duration::from_millis(1));
             }
             Err(_) => break,
         }
@@ -159,7 +159,7 @@ fn burst_both_ways(
     for message in messages {
         assert_eq!(binary.recv_text(h), envelope(conn_id, message));
     }
-    binary.assert_no_data(h);
+    binary.expect_no_data(h);
 
     let burst: Vec<u8> = messages
         .iter()
@@ -238,7 +238,7 @@ fn a_peer_that_keeps_writing_its_oversized_message_still_sees_1009() {
         json!({"conn_id": conn_id, "close_code": 1009})
     );
     phone.wait_eof(&mut h);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
@@ -255,7 +255,7 @@ fn the_size_limit_is_configurable_and_counts_every_fragment() {
     let (mut phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
     let whole = json_string(1100);
     phone.send_frame(&mut h, 0x1, false, &whole[..600]);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     phone.send_frame(&mut h, 0x0, true, &whole[600..]);
     assert_phone_closed(&mut h, &mut phone, &mut binary, &conn_id, 1009);
 }
@@ -292,7 +292,7 @@ fn an_unmasked_frame_is_1002() {
     violation_closes_phone(&[0x81, 0x02, b'{', b'}'], 1002);
     violation_closes_phone(&[0x89, 0x00], 1002);
 
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv-1");
     binary.send_raw(&mut h, &[0x81, 0x02, b'{', b'}']);
     assert_eq!(
@@ -380,7 +380,7 @@ fn a_fragmented_message_arrives_as_one() {
     let (mut h, mut binary, mut phone, conn_id) = pair();
     phone.send_frame(&mut h, 0x1, false, br#"{"a":"#);
     phone.send_frame(&mut h, 0x0, false, br#""hel"#);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     phone.send_frame(&mut h, 0x0, true, br#"lo"}"#);
     assert_eq!(
         binary.recv_text(&mut h),
@@ -401,7 +401,7 @@ fn a_fragmented_message_arrives_as_one() {
     phone.send_frame(&mut h, 0x0, false, &text[5..9]);
     phone.send_frame(&mut h, 0x0, true, &text[9..]);
     assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, &text));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
@@ -424,7 +424,7 @@ fn a_ping_between_fragments_is_answered_and_the_message_still_arrives() {
     phone.send_raw(&mut h, &bytes);
     assert_eq!(phone.recv(&mut h), Msg::Pong(Vec::new()));
     assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, b"{\"k\":7}"));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
 }
 
 #[test]
@@ -474,7 +474,7 @@ fn a_phone_message_that_is_not_json_is_1007_and_the_sibling_is_unaffected() {
         );
         binary.send_text(&mut h, &envelope(&sibling_id, b"\"ack\""));
         assert_eq!(sibling.recv_text(&mut h), b"\"ack\"".to_vec());
-        sibling.assert_no_data(&mut h);
+        sibling.expect_no_data(&mut h);
     }
 }
 
@@ -526,7 +526,7 @@ fn a_phone_close_is_echoed_and_the_tcp_connection_closed() {
     let (mut h, mut binary, mut phone, conn_id) = pair();
     phone.send_close(&mut h, 1000, "bye");
     close_echoed(&mut h, &mut phone, &mut binary, &conn_id, Some(1000), 1000);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
     drop(phone);
     assert_eq!(h.stats().connections, 1);
@@ -558,7 +558,7 @@ fn messages_after_the_phones_close_are_not_forwarded() {
     bytes.extend_from_slice(&masked_frame(0x1, true, br#"{"late":1}"#));
     phone.send_raw(&mut h, &bytes);
     close_echoed(&mut h, &mut phone, &mut binary, &conn_id, Some(1000), 1000);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
@@ -597,6 +597,6 @@ fn the_relays_close_completes_when_the_peer_echoes_it() {
     phone.send_close(&mut h, 4401, "");
     phone.wait_eof(&mut h);
     // A directive's close gets no notice back.
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
 }

@@ -28,7 +28,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{
-    binary_headers, envelope, masked_frame, phone_headers, upgrade_head, Msg, ServerFrames,
+    binary_headers, envelope, masked_frame, phone_headers, upgrade_head, FrameReader, Msg,
 };
 
 const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
@@ -211,7 +211,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
-    frames: ServerFrames,
+    frames: FrameReader,
 }
 
 impl Ws {
@@ -238,7 +238,7 @@ impl Ws {
         Ws {
             stream,
             buf,
-            frames: ServerFrames::default(),
+            frames: FrameReader::new(),
         }
     }
 
@@ -261,6 +261,15 @@ impl Ws {
         (phone, value["conn_id"].as_str().unwrap().to_string())
     }
 
+    /// The next frame in what was read so far.
+    fn take_frame(&mut self) -> Option<Msg> {
+        let bytes = std::mem::take(&mut self.buf);
+        self.frames
+            .push(&bytes)
+            .expect("the relay's frames are well-formed");
+        self.frames.pop()
+    }
+
     fn send(&mut self, opcode: u8, payload: &[u8]) {
         self.stream
             .write_all(&masked_frame(opcode, true, payload))
@@ -270,7 +279,7 @@ impl Ws {
     /// The next frame; panics on EOF, a reset or after [`WAIT`].
     fn recv(&mut self) -> Msg {
         loop {
-            if let Some(frame) = self.frames.take(&mut self.buf) {
+            if let Some(frame) = self.take_frame() {
                 return frame;
             }
             let mut chunk = [0u8; 16 * 1024];

@@ -20,14 +20,14 @@ fn send_until_stuck(h: &mut Harness, client: &mut Client, bytes: &[u8]) -> usize
     let mut at = 0;
     let mut idle_rounds = 0;
     while at < bytes.len() && idle_rounds < 3 {
-        let n = client.send_some(&bytes[at..]);
+        let n = client.write_some(&bytes[at..]);
         if n == 0 {
             h.settle();
             idle_rounds += 1;
         } else {
             at += n;
             idle_rounds = 0;
-            h.turn(Duration::ZERO);
+            h.turn();
         }
     }
     h.settle();
@@ -41,12 +41,12 @@ fn expect_close_code(h: &mut Harness, client: &mut Client, code: u16) {
 
 #[test]
 fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_handshake_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let head = b"GET /v1/client HTTP/1.1\r\nHost: relay.test\r\nX-Dribble: ";
     let mut dribblers: Vec<Client> = (0..1000)
         .map(|_| {
             let mut c = h.connect();
-            assert_eq!(c.send_some(&head[..10]), 10);
+            assert_eq!(c.write_some(&head[..10]), 10);
             c
         })
         .collect();
@@ -57,13 +57,13 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
     // honest pair talks all the while.
     for second in 0..4 {
         for c in dribblers.iter_mut() {
-            assert_eq!(c.send_some(&head[10 + second..11 + second]), 1);
+            assert_eq!(c.write_some(&head[10 + second..11 + second]), 1);
         }
         h.advance(secs(1));
         assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
         assert_eq!(h.stats().connections, 1002);
     }
-    let memory = h.relay.memory();
+    let memory = h.relay().memory();
     assert!(memory.partial_input <= 1000 * 14, "{memory:?}");
     assert_eq!(memory.queued_output, 0);
 
@@ -71,26 +71,26 @@ fn a_thousand_slowloris_heads_do_not_hurt_an_honest_pair_and_are_gone_at_the_han
     assert_eq!(h.stats().connections, 1002, "closed before the deadline");
     h.advance(Duration::from_millis(10));
     for c in dribblers.iter_mut() {
-        let (status, _) = c.response_head(&mut h);
+        let (status, _) = c.response(&mut h);
         assert_eq!(status, 408);
         c.wait_eof(&mut h);
     }
     drop(dribblers);
     h.settle();
     assert_eq!(h.stats().connections, 2);
-    assert_eq!(h.relay.memory().partial_input, 0);
+    assert_eq!(h.relay().memory().partial_input, 0);
     assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_message_dribbled_one_byte_a_second_is_closed_1008_at_the_message_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("dribble");
     let frame = masked_frame(0x1, true, &[b'1'; 60]);
     for byte in &frame[..29] {
         phone.send_raw(&mut h, std::slice::from_ref(byte));
         h.advance(secs(1));
-        phone.assert_no_data(&mut h);
+        phone.expect_no_data(&mut h);
     }
     // The first byte came 29 s ago; the 30th second ends the message.
     phone.send_raw(&mut h, &frame[29..30]);
@@ -101,13 +101,13 @@ fn a_message_dribbled_one_byte_a_second_is_closed_1008_at_the_message_deadline()
 
 #[test]
 fn a_message_dribbled_as_tiny_fragments_is_closed_1008_at_the_message_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("fragments");
     phone.send_frame(&mut h, 0x1, false, b"[");
     for _ in 0..29 {
         h.advance(secs(1));
         phone.send_frame(&mut h, 0x0, false, b"1,");
-        phone.assert_no_data(&mut h);
+        phone.expect_no_data(&mut h);
     }
     h.advance(secs(1));
     phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
@@ -116,7 +116,7 @@ fn a_message_dribbled_as_tiny_fragments_is_closed_1008_at_the_message_deadline()
 
 #[test]
 fn garbage_after_a_valid_upgrade_is_closed_1002() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     // In the same write as the head…
     let mut head = upgrade_head("/v1/server", &binary_headers("garbage-1"));
     head.push_str("GET / HTTP/1.1\r\n\r\n");
@@ -132,7 +132,7 @@ fn garbage_after_a_valid_upgrade_is_closed_1002() {
 
 #[test]
 fn unmasked_client_frames_are_closed_1002() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair("unmasked");
     phone.send_raw(&mut h, b"\x81\x07{\"a\":1}");
     expect_close_code(&mut h, &mut phone, 1002);
@@ -143,7 +143,7 @@ fn unmasked_client_frames_are_closed_1002() {
 
 #[test]
 fn reserved_bits_and_unknown_opcodes_are_closed_1002() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("reserved");
     let mut cases: Vec<Vec<u8>> = [0x40u8, 0x20, 0x10]
         .iter()
@@ -168,7 +168,7 @@ fn reserved_bits_and_unknown_opcodes_are_closed_1002() {
 
 #[test]
 fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (_binary, mut phone, _) = h.pair("huge");
     let mut header = vec![0x82, 0x80 | 127];
     header.extend_from_slice(&(1u64 << 63).to_be_bytes());
@@ -176,8 +176,8 @@ fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
     header.extend_from_slice(&[0u8; 1000]);
     phone.send_raw(&mut h, &header);
     expect_close_code(&mut h, &mut phone, 1009);
-    assert_eq!(h.relay.memory().partial_input, 0);
-    assert_eq!(h.relay.memory().reassembly, 0);
+    assert_eq!(h.relay().memory().partial_input, 0);
+    assert_eq!(h.relay().memory().reassembly, 0);
 
     // One byte over the limit, declared in the header: refused before the
     // payload is sent.
@@ -191,7 +191,7 @@ fn a_length_of_two_to_the_63_is_closed_1009_without_buffering_anything() {
 
 #[test]
 fn fragmented_or_oversized_control_frames_are_closed_1002() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut keeper, keeper_id) = h.pair("control");
     let cases = [
         masked_frame(0x9, false, b"p"),
@@ -215,7 +215,7 @@ fn fragmented_or_oversized_control_frames_are_closed_1002() {
 
 #[test]
 fn a_continuation_without_a_start_and_a_start_inside_a_message_are_closed_1002() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("continuation");
     let mut phone = h.phone("continuation");
     phone.send_frame(&mut h, 0x0, true, b"{}");
@@ -230,7 +230,7 @@ fn a_continuation_without_a_start_and_a_start_inside_a_message_are_closed_1002()
 
 #[test]
 fn invalid_utf8_in_text_is_closed_1007() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("utf8");
     phone.send_text(&mut h, b"\"\xff\"");
     expect_close_code(&mut h, &mut phone, 1007);
@@ -261,11 +261,11 @@ fn invalid_utf8_in_text_is_closed_1007() {
 
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let limit = Config::default().output_read_limit();
     let (mut binary, mut sibling, sibling_id) = h.pair("pings");
     let mut flooder = h.phone("pings");
-    flooder.set_relay_send_buffer(4096);
+    flooder.set_relay_send_buffer(&h, 4096);
     let ping = masked_frame(0x9, true, &[b'p'; 125]);
     let flood: Vec<u8> = ping
         .iter()
@@ -278,9 +278,9 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     assert!(
         sent < flood.len(),
         "the relay read the whole flood: {:?}",
-        h.relay.memory()
+        h.relay().memory()
     );
-    let memory = h.relay.memory();
+    let memory = h.relay().memory();
     // …once the pongs it owes passed its read-pause limit.
     assert!(
         memory.largest_queue > limit - READ_CHUNK,
@@ -294,14 +294,14 @@ fn a_ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
     assert!(flooder.is_closed(&mut h));
     let notice = String::from_utf8(binary.recv_text(&mut h)).unwrap();
     assert!(notice.ends_with(r#""close_code":1001}"#), "{notice}");
-    assert!(h.relay.memory().largest_queue < 1024);
+    assert!(h.relay().memory().largest_queue < 1024);
     assert_eq!(h.stats().phones, 1);
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_million_tiny_frames_make_one_message() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("tiny");
     let mut stream = masked_frame(0x1, false, b"[");
     let empty = masked_frame(0x0, false, b"");
@@ -311,7 +311,7 @@ fn a_million_tiny_frames_make_one_message() {
     stream.extend_from_slice(&masked_frame(0x0, true, b"]"));
     phone.send_raw(&mut h, &stream);
     assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, b"[]"));
-    let memory = h.relay.memory();
+    let memory = h.relay().memory();
     assert_eq!(
         (memory.partial_input, memory.reassembly),
         (0, 0),
@@ -322,10 +322,10 @@ fn a_million_tiny_frames_make_one_message() {
 
 #[test]
 fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut slow, slow_id) = h.pair("backlog");
     let (mut sibling, sibling_id) = h.phone_with_id("backlog", &mut binary);
-    slow.set_relay_send_buffer(4096);
+    slow.set_relay_send_buffer(&h, 4096);
     let filler = "x".repeat(32 * 1024);
     let mut sent_to_slow = 0;
     let notice = loop {
@@ -341,7 +341,7 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
         }
     };
     assert_eq!(notice, close_notice(&slow_id, 1011));
-    assert!(h.relay.memory().largest_queue <= Config::default().phone_backlog + 1024);
+    assert!(h.relay().memory().largest_queue <= Config::default().phone_backlog + 1024);
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
     // The slow phone gets every frame queued before the close, in order.
     let mut seq = 0;
@@ -365,7 +365,7 @@ fn a_phone_that_never_reads_is_closed_1011_and_nobody_else_notices() {
 
 #[test]
 fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let config = Config::default();
     let mut binary = h.binary("held");
     let mut phones = Vec::new();
@@ -394,7 +394,7 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
     let mut idle = 0;
     while idle < 3 {
         let moved = pump(&mut h, &mut phones, &mut streams);
-        peak = peak.max(h.relay.memory().queued_output);
+        peak = peak.max(h.relay().memory().queued_output);
         idle = if moved == 0 { idle + 1 } else { 0 };
     }
     // The relay stopped taking the phones' messages once the binary's
@@ -407,7 +407,7 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
     );
     let bound = config.binary_high_water + config.max_message_size + 1024;
     assert!(peak <= bound, "{peak} bytes queued for the binary");
-    let memory = h.relay.memory();
+    let memory = h.relay().memory();
     assert!(
         memory.partial_input <= 16 * (READ_CHUNK + config.max_message_size + 14),
         "{memory:?}"
@@ -439,8 +439,8 @@ fn a_binary_that_never_reads_holds_back_sixteen_phones_and_loses_nothing() {
         assert!(
             stuck < 1000,
             "delivery stopped at {received}: {:?} {:?}",
-            h.relay.memory(),
-            h.relay.stats()
+            h.relay().memory(),
+            h.relay().stats()
         );
     }
     assert_eq!(next, vec![MESSAGES; 16]);
@@ -456,7 +456,7 @@ fn pump(
 ) -> usize {
     let mut moved = 0;
     for ((phone, _), (stream, at)) in phones.iter_mut().zip(streams.iter_mut()) {
-        let n = phone.send_some(&stream[*at..]);
+        let n = phone.write_some(&stream[*at..]);
         *at += n;
         moved += n;
     }
@@ -466,7 +466,7 @@ fn pump(
 
 #[test]
 fn envelopes_forged_for_another_server_ids_phones_are_dropped() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut mallory, mut own_phone, own_id) = h.pair("mallory");
     let (mut binary, mut victim, victim_id) = h.pair("victim");
     mallory.send_text(&mut h, &envelope(&victim_id, br#"{"forged":true}"#));

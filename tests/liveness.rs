@@ -44,7 +44,7 @@ fn advance_silent(h: &mut Harness, by: Duration, client: &mut Client, binary: Op
     h.advance(by);
     assert_silent(h, client);
     if let Some(binary) = binary {
-        binary.answer_pings(h);
+        binary.answer_received_pings(h);
     }
 }
 
@@ -85,7 +85,7 @@ fn advance_answering(
         h.advance(step);
         gone += step;
         for (client, count) in responsive.iter_mut().zip(counts.iter_mut()) {
-            *count += client.answer_pings(h);
+            *count += client.answer_received_pings(h);
         }
     }
     counts
@@ -106,14 +106,14 @@ fn frame_prefix(opcode: u8, fin: bool, len: usize) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn a_silent_phone_is_pinged_at_30s_and_closed_1011_at_60s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     advance_silent(&mut h, secs(29), &mut phone, None);
     advance_silent(&mut h, millis(990), &mut phone, None);
     h.advance(millis(10));
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()), "ping at 30 s");
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
 
     advance_silent(&mut h, secs(29), &mut phone, Some(&mut binary));
     advance_silent(&mut h, millis(990), &mut phone, None);
@@ -133,7 +133,7 @@ fn a_silent_phone_is_pinged_at_30s_and_closed_1011_at_60s() {
 
 #[test]
 fn a_silent_binary_is_pinged_at_30s_and_closed_1011_at_60s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary(SID);
 
     advance_silent(&mut h, secs(29), &mut binary, None);
@@ -151,7 +151,7 @@ fn a_silent_binary_is_pinged_at_30s_and_closed_1011_at_60s() {
 
 #[test]
 fn peers_that_answer_every_ping_stay_up_for_ten_minutes() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     let pings = advance_answering(&mut h, secs(600), secs(5), &mut [&mut binary, &mut phone]);
@@ -163,23 +163,23 @@ fn peers_that_answer_every_ping_stay_up_for_ten_minutes() {
 
 #[test]
 fn a_late_pong_still_counts_and_the_next_ping_gets_its_own_30s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair(SID);
 
     h.advance(secs(30));
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()));
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
     h.advance(secs(29));
     phone.send_pong(&mut h, b"");
     phone.wait_delivered(&mut h);
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
 
     // The pong at 59 s answered the ping of 30 s: no close at 60 s, but
     // the next ping.
     h.advance(secs(1));
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()), "ping at 60 s");
     assert_open(&mut h, &mut phone);
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
 
     // That one goes unanswered: closed 30 s after it, not before.
     advance_silent(&mut h, secs(29), &mut phone, Some(&mut binary));
@@ -189,13 +189,13 @@ fn a_late_pong_still_counts_and_the_next_ping_gets_its_own_30s() {
 
 #[test]
 fn data_messages_are_not_pongs() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     // The phone chats every 10 s but never answers a ping.
     for second in (10..60).step_by(10) {
         h.advance(secs(10));
-        binary.answer_pings(&mut h);
+        binary.answer_received_pings(&mut h);
         let message = format!("{{\"t\":{second}}}").into_bytes();
         phone.send_text(&mut h, &message);
         assert_eq!(binary.recv_text(&mut h), envelope(&conn_id, &message));
@@ -212,18 +212,18 @@ fn data_messages_are_not_pongs() {
 fn phone_closed_by_heartbeat(h: &mut Harness) -> (Client, Client, String) {
     let (mut binary, mut phone, conn_id) = h.pair(SID);
     h.advance(secs(30));
-    binary.answer_pings(h);
+    binary.answer_received_pings(h);
     h.advance(secs(30));
     phone.expect_close_frame(h, HEARTBEAT_TIMEOUT);
     assert_eq!(binary.recv_text(h), close_notice(&conn_id, 1011));
-    binary.answer_pings(h);
+    binary.answer_received_pings(h);
     assert_eq!(h.stats().phones, 0);
     (binary, phone, conn_id)
 }
 
 #[test]
 fn a_relay_close_waits_for_the_peers_close_at_most_write_timeout() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (_binary, mut phone, _) = phone_closed_by_heartbeat(&mut h);
 
     // The phone never answers the close: the socket stays until the
@@ -240,7 +240,7 @@ fn a_relay_close_waits_for_the_peers_close_at_most_write_timeout() {
 
 #[test]
 fn a_relay_close_that_is_answered_ends_the_socket_at_once() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (_binary, mut phone, _) = phone_closed_by_heartbeat(&mut h);
     // Echo the close and see EOF without any more relay time passing.
     assert!(phone.echo_close(&mut h, 1011), "the echo was written");
@@ -254,7 +254,7 @@ fn a_relay_close_that_is_answered_ends_the_socket_at_once() {
 
 #[test]
 fn a_peers_ping_is_answered_with_a_pong_of_the_same_payload() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     let odd: Vec<u8> = (0..125u8).map(|i| i.wrapping_mul(37)).collect();
@@ -276,7 +276,7 @@ fn a_peers_ping_is_answered_with_a_pong_of_the_same_payload() {
 
 #[test]
 fn a_partial_frame_must_complete_within_30s_or_the_phone_is_closed_1008() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     h.advance(secs(5));
@@ -285,9 +285,9 @@ fn a_partial_frame_must_complete_within_30s_or_the_phone_is_closed_1008() {
     send_now(&mut h, &mut phone, &payload[..10]);
 
     h.advance(secs(25)); // 30 s: the ping, not answered, deadline 60 s
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
     h.advance(secs(4));
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
     // 35 s: 30 s after the frame began.
     closes_at_deadline(&mut h, &mut phone, secs(1), 1, MESSAGE_TIMEOUT);
     // Nothing of the partial message was forwarded.
@@ -297,7 +297,7 @@ fn a_partial_frame_must_complete_within_30s_or_the_phone_is_closed_1008() {
 
 #[test]
 fn slow_dribbling_does_not_extend_the_message_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair(SID);
 
     // One header byte, then a payload byte every 5 s: the message began
@@ -312,14 +312,14 @@ fn slow_dribbling_does_not_extend_the_message_deadline() {
     h.advance(secs(4)); // 29 s
     send_now(&mut h, &mut phone, &payload[5..6]);
     assert_open(&mut h, &mut phone);
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
     h.advance(secs(1)); // 30 s
     phone.expect_close_frame(&mut h, MESSAGE_TIMEOUT);
 }
 
 #[test]
 fn an_open_fragmented_message_must_complete_within_30s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     h.advance(secs(10));
@@ -328,12 +328,12 @@ fn an_open_fragmented_message_must_complete_within_30s() {
     phone.wait_delivered(&mut h);
     for _ in 0..5 {
         h.advance(secs(5));
-        binary.answer_pings(&mut h);
+        binary.answer_received_pings(&mut h);
         phone.send_frame(&mut h, 0x0, false, b"2,");
         phone.wait_delivered(&mut h);
     }
     h.advance(secs(4)); // 39 s
-    binary.answer_pings(&mut h);
+    binary.answer_received_pings(&mut h);
     // 40 s; the one ping is the one of 30 s.
     closes_at_deadline(&mut h, &mut phone, secs(1), 1, MESSAGE_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&conn_id, 1008));
@@ -341,7 +341,7 @@ fn an_open_fragmented_message_must_complete_within_30s() {
 
 #[test]
 fn a_binary_dribbling_a_message_is_closed_1008_too() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary(SID);
     let (header, _) = frame_prefix(0x1, true, 300);
     send_now(&mut h, &mut binary, &header);
@@ -354,7 +354,7 @@ fn a_binary_dribbling_a_message_is_closed_1008_too() {
 
 #[test]
 fn a_message_completed_in_time_is_forwarded_and_the_next_one_gets_a_fresh_30s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     let inner = br#"{"slow":"but in time"}"#;
@@ -379,7 +379,7 @@ fn a_message_completed_in_time_is_forwarded_and_the_next_one_gets_a_fresh_30s() 
 
 #[test]
 fn idle_time_between_messages_is_unbounded() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     // Three hours without a data message; both answer their pings.
@@ -420,13 +420,13 @@ fn output_that_makes_no_progress_for_write_timeout_drops_the_phone() {
     // Small fixed kernel buffers on both ends: once full they stay full
     // (no autotuning, no memory-pressure shuffling), so no byte can move.
     phone.set_recv_buffer(16 * 1024);
-    phone.set_relay_send_buffer(16 * 1024);
+    phone.set_relay_send_buffer(&h, 16 * 1024);
     overwhelm_phone(&mut h, &mut binary, &mut phone, &conn_id);
 
     h.advance(secs(9));
     assert_eq!(h.stats().phones, 1);
     h.advance(millis(990));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
     h.advance(millis(10));
@@ -444,7 +444,7 @@ fn read_some(client: &mut Client, limit: usize, into: &mut Vec<u8>) -> usize {
     let mut got = 0;
     while got < limit {
         let want = chunk.len().min(limit - got);
-        match client.stream.read(&mut chunk[..want]) {
+        match client.stream().read(&mut chunk[..want]) {
             Ok(0) => break,
             Ok(n) => {
                 into.extend_from_slice(&chunk[..n]);
@@ -459,10 +459,13 @@ fn read_some(client: &mut Client, limit: usize, into: &mut Vec<u8>) -> usize {
 
 /// The text messages among the relay's frames in `bytes` (pings
 /// skipped); asserts nothing else is there and nothing is left.
-fn texts_of(mut bytes: Vec<u8>) -> Vec<Vec<u8>> {
-    let mut frames = ServerFrames::default();
+fn texts_of(bytes: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut frames = FrameReader::new();
+    frames
+        .push(&bytes)
+        .expect("the relay's frames are well-formed");
     let mut texts = Vec::new();
-    while let Some(msg) = frames.take(&mut bytes) {
+    while let Some(msg) = frames.pop() {
         match msg {
             Msg::Text(payload) => texts.push(payload),
             Msg::Ping(_) => {}
@@ -480,7 +483,7 @@ fn output_that_keeps_making_progress_is_never_dropped() {
     // Fixed kernel buffers: without them, loopback autotuning may grow
     // enough to take the whole backlog after one or two reads.
     phone.set_recv_buffer(64 * 1024);
-    phone.set_relay_send_buffer(64 * 1024);
+    phone.set_relay_send_buffer(&h, 64 * 1024);
     let frames = overwhelm_phone(&mut h, &mut binary, &mut phone, &conn_id);
 
     // Every 9 s the phone reads a little (and sends a pong, since the
@@ -490,7 +493,7 @@ fn output_that_keeps_making_progress_is_never_dropped() {
     let mut rounds = 0;
     while h.stats().connections_with_buffers > 0 {
         h.advance(secs(9));
-        binary.answer_pings(&mut h);
+        binary.answer_received_pings(&mut h);
         phone.send_pong(&mut h, b"");
         phone.wait_delivered(&mut h);
         assert!(read_some(&mut phone, 256 * 1024, &mut bytes) > 0);
@@ -501,7 +504,7 @@ fn output_that_keeps_making_progress_is_never_dropped() {
     assert_eq!(h.stats().phones, 1);
     while read_some(&mut phone, usize::MAX, &mut bytes) > 0 {}
     assert_eq!(texts_of(bytes), frames);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 // ---------------------------------------------------------------------
@@ -510,7 +513,7 @@ fn output_that_keeps_making_progress_is_never_dropped() {
 
 #[test]
 fn a_request_head_not_complete_within_5s_gets_408() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut client = h.connect();
     send_now(
         &mut h,
@@ -525,7 +528,7 @@ fn a_request_head_not_complete_within_5s_gets_408() {
     assert_eq!(h.stats().connections, 1);
 
     h.advance(millis(10));
-    let (status, head) = client.response_head(&mut h);
+    let (status, head) = client.response(&mut h);
     assert_eq!(status, 408, "{head}");
     assert!(client.body_until_eof(&mut h).is_empty());
     client.hang_up(&mut h);
@@ -534,25 +537,25 @@ fn a_request_head_not_complete_within_5s_gets_408() {
 
 #[test]
 fn a_connection_that_sends_nothing_gets_408_at_5s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut client = h.connect();
     h.advance(secs(4));
     assert!(!client.is_closed(&mut h), "closed before 5 s");
     h.advance(secs(1));
-    let (status, head) = client.response_head(&mut h);
+    let (status, head) = client.response(&mut h);
     assert_eq!(status, 408, "{head}");
     client.wait_eof(&mut h);
 }
 
 #[test]
 fn an_upgrade_completed_within_5s_is_not_timed_out() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let head = upgrade_head("/v1/server", &binary_headers(SID));
     let mut client = h.connect();
     send_now(&mut h, &mut client, &head.as_bytes()[..20]);
     h.advance(millis(4990));
     client.send_raw(&mut h, &head.as_bytes()[20..]);
-    let (status, _) = client.response_head(&mut h);
+    let (status, _) = client.response(&mut h);
     assert_eq!(status, 101);
     advance_silent(&mut h, secs(20), &mut client, None);
     assert_eq!(h.stats().binaries, 1);
@@ -565,7 +568,7 @@ fn an_upgrade_completed_within_5s_is_not_timed_out() {
 #[test]
 fn phones_of_a_binary_in_grace_are_not_timed_out_for_missing_pongs() {
     let mut h = Harness::with_config(|c| c.grace_period = secs(600));
-    let (binary, mut phone, _) = h.pair(SID);
+    let (mut binary, mut phone, _) = h.pair(SID);
     h.advance(secs(10));
     binary.hang_up(&mut h);
     assert_eq!(h.stats().binaries, 0);
@@ -592,11 +595,11 @@ fn push_until_paused(h: &mut Harness, phone: &mut Client, bytes: &[u8]) -> usize
     let mut sent = 0;
     let mut unread_after_settle = 0;
     while sent < bytes.len() {
-        sent += phone.send_some(&bytes[sent..]);
+        sent += phone.write_some(&bytes[sent..]);
         h.settle();
         // A relay that reads this phone leaves nothing unread once it is
         // idle; bytes left twice in a row mean it has stopped reading.
-        if phone.relay_unread().unwrap_or(0) > 0 {
+        if phone.relay_unread(h).unwrap_or(0) > 0 {
             unread_after_settle += 1;
             if unread_after_settle >= 2 {
                 return sent;
@@ -649,7 +652,7 @@ fn phones_of_a_backpressured_binary_are_not_timed_out_for_missing_pongs() {
         rounds += 1;
         assert!(rounds < 100_000, "the frames never all arrived");
         if sent < bytes.len() {
-            sent += phone.send_some(&bytes[sent..]);
+            sent += phone.write_some(&bytes[sent..]);
         }
         while let Some(msg) = binary.try_recv(&mut h) {
             match msg {
@@ -684,19 +687,19 @@ fn phones_of_a_backpressured_binary_are_not_timed_out_for_missing_pongs() {
 
 #[test]
 fn phones_held_back_by_a_binary_that_leaves_are_read_again_at_once() {
-    let mut h = Harness::new();
-    let binary = h.binary(SID);
+    let mut h = Harness::start();
+    let mut binary = h.binary(SID);
     let mut phone = h.phone(SID);
     let (_, frames) = frames_and_stream();
     let sent = push_until_paused(&mut h, &mut phone, &frames);
-    assert!(phone.relay_unread().unwrap_or(0) > 0);
+    assert!(phone.relay_unread(&h).unwrap_or(0) > 0);
 
     // The binary goes away: its server-id enters grace, so nothing holds
     // the phone back any more. The relay must read what is waiting without
     // a new readiness edge from the phone (which sends nothing new).
     binary.hang_up(&mut h);
     phone.wait_delivered(&mut h);
-    assert_eq!(phone.relay_unread(), Some(0));
+    assert_eq!(phone.relay_unread(&h), Some(0));
     assert!(sent > 0);
     assert_eq!(
         h.stats().phones,

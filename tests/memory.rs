@@ -15,7 +15,7 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(4);
 
 #[test]
 fn buffers_of_a_burst_are_freed_two_trim_periods_after_it() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = {
         let mut binary = h.binary("rest");
         let (phone, conn_id) = h.phone_with_id("rest", &mut binary);
@@ -27,12 +27,12 @@ fn buffers_of_a_burst_are_freed_two_trim_periods_after_it() {
     for client in burst.iter_mut() {
         client.send_raw(&mut h, b"GET /v1/client HTTP/1.1\r\n");
     }
-    assert!(h.relay.memory().allocated >= SCRATCH + 48 * 16 * 1024);
-    for client in burst {
+    assert!(h.relay().memory().allocated >= SCRATCH + 48 * 16 * 1024);
+    for mut client in burst {
         client.hang_up(&mut h);
     }
     assert_eq!(h.stats().connections, 2);
-    let pooled = h.relay.memory().allocated - SCRATCH;
+    let pooled = h.relay().memory().allocated - SCRATCH;
     assert!(
         pooled >= 48 * 16 * 1024,
         "the buffers went back to the pool"
@@ -48,7 +48,7 @@ fn buffers_of_a_burst_are_freed_two_trim_periods_after_it() {
         );
         h.advance(TRIM_INTERVAL);
     }
-    let memory = h.relay.memory();
+    let memory = h.relay().memory();
     assert!(
         memory.allocated <= SCRATCH + 2 * 16 * 1024,
         "{memory:?}: the burst's {pooled} pooled bytes are still held"
@@ -61,7 +61,7 @@ fn buffers_of_a_burst_are_freed_two_trim_periods_after_it() {
     h.advance(TRIM_INTERVAL);
     h.advance(TRIM_INTERVAL);
     assert_eq!(
-        h.relay.memory().allocated,
+        h.relay().memory().allocated,
         SCRATCH,
         "at rest: nothing pooled"
     );

@@ -11,7 +11,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{envelope, masked_frame, upgrade_head, Msg, RelayProcess, ServerFrames, WAIT};
+use common::{envelope, masked_frame, upgrade_head, FrameReader, Msg, RelayProcess, WAIT};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
 
@@ -64,7 +64,7 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
 struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
-    frames: ServerFrames,
+    frames: FrameReader,
 }
 
 fn tcp(addr: SocketAddr) -> TcpStream {
@@ -126,8 +126,17 @@ impl Ws {
         Ws {
             stream,
             buf,
-            frames: ServerFrames::default(),
+            frames: FrameReader::new(),
         }
+    }
+
+    /// The next frame in what was read so far.
+    fn take_frame(&mut self) -> Option<Msg> {
+        let bytes = std::mem::take(&mut self.buf);
+        self.frames
+            .push(&bytes)
+            .expect("the relay's frames are well-formed");
+        self.frames.pop()
     }
 
     fn send(&mut self, opcode: u8, payload: &[u8]) {
@@ -143,7 +152,7 @@ impl Ws {
     /// The next frame, waiting at most [`WAIT`].
     fn recv(&mut self) -> Msg {
         loop {
-            if let Some(frame) = self.frames.take(&mut self.buf) {
+            if let Some(frame) = self.take_frame() {
                 return frame;
             }
             let mut chunk = [0u8; 16 * 1024];

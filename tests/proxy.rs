@@ -28,11 +28,11 @@ use rustls::version::{TLS12, TLS13};
 use tls_support::{client_config, TestCa};
 use wss::{Ending, TlsClient};
 
-/// A relay whose test listener (`h.addr`) wants a PROXY header.
+/// A relay whose test listener (`h.addr()`) wants a PROXY header.
 fn proxied(tweak: impl FnOnce(&mut Config)) -> Harness {
     let mut h = Harness::with_config(tweak);
-    h.addr = h
-        .relay
+    let addr = h
+        .relay_mut()
         .listen(Listen {
             addr: "127.0.0.1:0".parse().unwrap(),
             origin: Origin::WebSocket,
@@ -42,6 +42,7 @@ fn proxied(tweak: impl FnOnce(&mut Config)) -> Harness {
             },
         })
         .unwrap();
+    h.set_addr(addr);
     h
 }
 
@@ -66,7 +67,7 @@ fn upgrade_behind(
     let mut bytes = header.to_vec();
     bytes.extend_from_slice(upgrade_head(path, headers).as_bytes());
     client.send_raw(h, &bytes);
-    let (status, _) = client.response_head(h);
+    let (status, _) = client.response(h);
     (status, client)
 }
 
@@ -98,7 +99,7 @@ fn binaries_and_phones_behind_a_header_exchange_frames_and_are_logged_by_its_sou
     phone.send_raw(&mut h, &v6);
     let head = upgrade_head("/v1/client", &phone_headers("srv-proxied"));
     phone.send_raw(&mut h, head.as_bytes());
-    assert_eq!(phone.response_head(&mut h).0, 101);
+    assert_eq!(phone.response(&mut h).0, 101);
     phone.send_text(&mut h, br#"{"n":1}"#);
     let wrapped: serde_json::Value = serde_json::from_slice(&binary.recv_text(&mut h)).unwrap();
     assert_eq!(wrapped["frame"], serde_json::json!({"n": 1}));
@@ -126,7 +127,7 @@ fn a_header_cut_into_single_bytes_is_accepted() {
     assert!(!client.is_closed(&mut h));
     let head = upgrade_head("/v1/server", &binary_headers("srv-cut"));
     client.send_raw(&mut h, head.as_bytes());
-    assert_eq!(client.response_head(&mut h).0, 101);
+    assert_eq!(client.response(&mut h).0, 101);
     assert_eq!(h.stats().connections_with_buffers, 0);
 }
 
@@ -189,7 +190,7 @@ fn a_local_header_gets_healthz_and_nothing_else() {
     check.extend_from_slice(b"GET /healthz HTTP/1.0\r\n\r\n");
     let mut client = h.connect();
     client.send_raw(&mut h, &check);
-    let (status, head) = client.response_head(&mut h);
+    let (status, head) = client.response(&mut h);
     assert_eq!(status, 200, "{head}");
     let body = String::from_utf8(client.body_until_eof(&mut h)).unwrap();
     assert!(body.starts_with("{\"status\":\"ok\""), "{body}");
@@ -215,7 +216,7 @@ fn a_late_header_closes_without_a_byte_after_5_seconds_whatever_the_handshake_ti
     assert!(!in_time.is_closed(&mut h));
     let head = upgrade_head("/v1/server", &binary_headers("srv-late"));
     in_time.send_raw(&mut h, head.as_bytes());
-    assert_eq!(in_time.response_head(&mut h).0, 101);
+    assert_eq!(in_time.response(&mut h).0, 101);
 
     // Without a request by then: 408, as on any listener.
     let mut slow = h.connect();
@@ -223,7 +224,7 @@ fn a_late_header_closes_without_a_byte_after_5_seconds_whatever_the_handshake_ti
     h.advance(Duration::from_secs(29));
     assert!(!slow.is_closed(&mut h));
     h.advance(Duration::from_secs(1));
-    assert_eq!(slow.response_head(&mut h).0, 408);
+    assert_eq!(slow.response(&mut h).0, 408);
 }
 
 #[test]
@@ -285,7 +286,7 @@ fn proxied_tls(
     let resolver = Arc::new(CertResolver::from_files(cert, key).unwrap());
     let mut h = Harness::with_config(tweak);
     let addr = h
-        .relay
+        .relay_mut()
         .listen(Listen {
             addr: "127.0.0.1:0".parse().unwrap(),
             origin: Origin::WebSocket,
@@ -295,7 +296,7 @@ fn proxied_tls(
             },
         })
         .unwrap();
-    h.relay.serve_certificates(resolver, None);
+    h.relay_mut().serve_certificates(resolver, None);
     let client = client_config(ca.roots(), &[b"http/1.1"], &[&TLS13, &TLS12]);
     (h, addr, client)
 }
@@ -374,7 +375,7 @@ fn tls_without_the_header_is_refused_without_a_byte() {
         "no ServerHello came back"
     );
     // The same, byte for byte.
-    h.addr = addr;
+    h.set_addr(addr);
     let mut raw = h.connect();
     raw.send_raw(
         &mut h,

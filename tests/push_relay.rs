@@ -19,11 +19,13 @@ use pyrycode_relay::push::{Push, PushConfig, ServiceAccountKey};
 
 /// A relay whose push goes to `oauth` and `fcm`.
 fn relay_with_push(oauth: &FakeServer, fcm: &FakeServer) -> Harness {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let key = key_json(PRIVATE_KEY, &oauth.url("/token"));
     let key = ServiceAccountKey::from_json(key.as_bytes()).unwrap();
     let config = PushConfig::new(key, None, &fcm.url("")).unwrap();
-    h.relay.enable_push(Push::new(config).unwrap()).unwrap();
+    h.relay_mut()
+        .enable_push(Push::new(config).unwrap())
+        .unwrap();
     h
 }
 
@@ -33,7 +35,7 @@ fn push_wake(token: &str) -> Vec<u8> {
 
 /// The value of one series in the relay's metrics.
 fn metric(h: &Harness, series: &str) -> String {
-    let text = h.relay.metrics_text();
+    let text = h.relay().metrics_text();
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in the metrics"))
@@ -47,7 +49,7 @@ fn wait_for_metric(h: &mut Harness, series: &str, value: &str) {
         if metric(h, series) == value {
             return;
         }
-        h.turn(Duration::from_millis(1));
+        h.turn_waiting(Duration::from_millis(1));
     }
     panic!("{series} never became {value}: {}", metric(h, series));
 }
@@ -66,7 +68,7 @@ fn a_wake_is_sent_and_its_outcome_counted() {
     assert!(request.body_str().contains("\"token\":\"devtok-1\""));
     wait_for_metric(&mut h, SENT, "1");
     assert_eq!(metric(&h, DROPPED), "0");
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
@@ -94,7 +96,7 @@ fn a_stalled_fcm_endpoint_never_delays_forwarding() {
 
     stall.release();
     wait_for_metric(&mut h, SEND_FAILED, "1");
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
 }
 
 #[test]
@@ -119,10 +121,10 @@ fn wakes_past_the_burst_are_dropped_and_the_binary_stays_up() {
 
 #[test]
 fn without_push_a_wake_is_dropped_with_a_warning() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv");
     binary.send_text(&mut h, &push_wake("devtok-1"));
     h.settle();
     assert_eq!(metric(&h, DROPPED), "1");
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }

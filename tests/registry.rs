@@ -35,9 +35,9 @@ fn phone_in_grace(h: &mut Harness) -> Client {
 
 #[test]
 fn first_claim_wins_and_the_binary_gets_no_hello() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv-a");
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
     let (mut phone, conn_id) = h.phone_with_id("srv-a", &mut binary);
     assert_routes(&mut h, &mut binary, &mut phone, &conn_id);
@@ -49,15 +49,15 @@ fn first_claim_wins_and_the_binary_gets_no_hello() {
 
 #[test]
 fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut holder, mut phone, conn_id) = h.pair("srv");
 
     // The newcomer gets its 101 first; nothing is decided before the
     // holder answers.
     let mut newcomer = challenge(&mut h, &mut holder);
-    newcomer.assert_no_data(&mut h);
+    newcomer.expect_no_data(&mut h);
     h.advance(secs(9));
-    newcomer.assert_no_data(&mut h);
+    newcomer.expect_no_data(&mut h);
 
     holder.send_pong(&mut h, b"conflict-probe");
     newcomer.expect_closed(&mut h, ALREADY_CLAIMED);
@@ -72,22 +72,22 @@ fn a_second_claim_loses_to_a_holder_that_answers_the_probe() {
 
 #[test]
 fn the_losing_challenger_is_never_read() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut holder, mut phone, conn_id) = h.pair("srv");
 
     let mut newcomer = challenge(&mut h, &mut holder);
     // While the probe runs, the newcomer's envelopes are not acted on.
     newcomer.send_text(&mut h, &envelope(&conn_id, br#"{"from":"newcomer"}"#));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
 
     answer_probe(&mut h, &mut holder, &mut newcomer);
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     assert_routes(&mut h, &mut holder, &mut phone, &conn_id);
 }
 
 #[test]
 fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut holder, mut old_phone, _) = h.pair("srv");
 
     let mut newcomer = challenge(&mut h, &mut holder);
@@ -99,7 +99,7 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
     holder.expect_closed(&mut h, HEARTBEAT_TIMEOUT);
     old_phone.expect_closed(&mut h, RECLAIMED);
     // The new holder gets no close notice for the old holder's phones.
-    newcomer.assert_no_data(&mut h);
+    newcomer.expect_no_data(&mut h);
     assert_eq!(h.peers(), (1, 0));
 
     let (mut new_phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
@@ -113,12 +113,12 @@ fn a_silent_holder_is_taken_over_after_the_probe_deadline() {
 /// not decide the conflict.
 #[test]
 fn only_a_pong_echoing_the_probe_answers_it() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut holder = h.binary("srv");
     let mut newcomer = challenge(&mut h, &mut holder);
     holder.send_pong(&mut h, b"");
     holder.send_pong(&mut h, b"conflict-probe?");
-    newcomer.assert_no_data(&mut h);
+    newcomer.expect_no_data(&mut h);
     h.advance(secs(10));
     assert_eq!(holder.expect_closed_by_relay(&mut h).0, Some(1011));
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
@@ -127,7 +127,7 @@ fn only_a_pong_echoing_the_probe_answers_it() {
 
 #[test]
 fn a_taken_over_holder_does_not_open_a_grace_window() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut holder = h.binary("srv");
     let mut newcomer = challenge(&mut h, &mut holder);
     h.advance(secs(10));
@@ -144,7 +144,7 @@ fn a_taken_over_holder_does_not_open_a_grace_window() {
 
 #[test]
 fn a_third_claim_during_the_probe_is_refused_at_once() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut holder, mut old_phone, _) = h.pair("srv");
     let mut second = challenge(&mut h, &mut holder);
 
@@ -163,13 +163,13 @@ fn a_third_claim_during_the_probe_is_refused_at_once() {
 
 #[test]
 fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut holder, mut old_phone, _) = h.pair("srv");
     let mut newcomer = challenge(&mut h, &mut holder);
 
     drop(holder);
     old_phone.expect_closed(&mut h, RECLAIMED);
-    newcomer.assert_no_data(&mut h);
+    newcomer.expect_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
 
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut newcomer);
@@ -182,7 +182,7 @@ fn a_holder_leaving_during_the_probe_hands_the_slot_to_the_challenger() {
 
 #[test]
 fn a_challenger_leaving_during_the_probe_leaves_the_holder_in_place() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut holder, mut phone, conn_id) = h.pair("srv");
     drop(challenge(&mut h, &mut holder));
     h.settle();
@@ -200,7 +200,7 @@ fn a_challenger_leaving_during_the_probe_leaves_the_holder_in_place() {
 
 #[test]
 fn each_probe_has_its_own_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut holder = h.binary("srv");
     let mut first = challenge(&mut h, &mut holder);
     answer_probe(&mut h, &mut holder, &mut first);
@@ -211,7 +211,7 @@ fn each_probe_has_its_own_deadline() {
     h.advance(secs(5));
     assert_quiet(&mut h, [&mut holder, &mut second]);
     h.advance(millis(4_990));
-    holder.assert_no_data(&mut h);
+    holder.expect_no_data(&mut h);
     h.advance(millis(10));
     holder.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut second);
@@ -222,7 +222,7 @@ fn each_probe_has_its_own_deadline() {
 
 #[test]
 fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (binary, mut phone, _) = h.pair("srv");
     let counts = |h: &mut Harness| {
         let (_, value) = h.healthz();
@@ -236,12 +236,12 @@ fn a_binary_that_drops_its_socket_stops_being_counted_at_once() {
     drop(binary);
     assert_eq!(h.peers(), (0, 1));
     assert_eq!(h.counts(), (0, 1));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
 }
 
 #[test]
 fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone1, _) = h.pair("srv");
     let (mut phone2, _) = h.phone_with_id("srv", &mut binary);
 
@@ -259,7 +259,7 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
         phone.expect_closed(&mut h, RECLAIMED);
     }
     // No close notices for phones of the previous binary.
-    restarted.assert_no_data(&mut h);
+    restarted.expect_no_data(&mut h);
     assert_eq!(h.peers(), (1, 0));
 
     let (mut phone, conn_id) = h.phone_with_id("srv", &mut restarted);
@@ -267,17 +267,17 @@ fn a_binary_that_closes_enters_grace_and_reclaim_closes_its_phones() {
     h.advance(secs(2));
     restarted.send_pong(&mut h, b"");
     phone.send_pong(&mut h, b"");
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     assert_routes(&mut h, &mut restarted, &mut phone, &conn_id);
 }
 
 #[test]
 fn grace_expires_after_exactly_the_grace_period() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut phone = phone_in_grace(&mut h);
 
     h.advance(secs(29));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
     h.advance(secs(1));
@@ -293,24 +293,24 @@ fn grace_expires_after_exactly_the_grace_period() {
 
 #[test]
 fn a_phone_arriving_during_grace_is_accepted_then_closed_on_expiry() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let binary = h.binary("srv");
     drop(binary);
     h.advance(secs(10));
 
     let mut phone = h.phone("srv");
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
 
     h.advance(secs(19));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     h.advance(secs(1));
     phone.expect_closed(&mut h, BINARY_GONE);
 }
 
 #[test]
 fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let binary = h.binary("srv");
     drop(binary);
     h.advance(secs(5));
@@ -321,19 +321,19 @@ fn a_phone_arriving_during_grace_is_kept_alive_and_closed_on_reclaim() {
     phone.send_text(&mut h, br#"{"early":1}"#);
     phone.send_ping(&mut h, b"still-there?");
     assert_eq!(phone.recv(&mut h), Msg::Pong(b"still-there?".to_vec()));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     assert_eq!(h.metric("pyrycode_relay_phone_messages_dropped_total"), 1);
 
     let mut restarted = h.binary("srv");
     phone.expect_closed(&mut h, RECLAIMED);
     // The new binary never sees the stale phone's messages nor a notice.
-    restarted.assert_no_data(&mut h);
+    restarted.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
 }
 
 #[test]
 fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, phone, _) = h.pair("srv");
     let (mut stays, _) = h.phone_with_id("srv", &mut binary);
     drop(binary);
@@ -346,12 +346,12 @@ fn a_phone_leaving_during_grace_is_noticed_at_once_and_not_reported() {
     // ...and the next binary does not hear of it.
     let mut restarted = h.binary("srv");
     assert_eq!(stays.recv_close(&mut h).0, Some(4404));
-    restarted.assert_no_data(&mut h);
+    restarted.expect_no_data(&mut h);
 }
 
 #[test]
 fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     // t=0: the first binary leaves; its grace timer is due at 30 s.
     let (first, mut phone1, _) = h.pair("srv");
     drop(first);
@@ -373,13 +373,13 @@ fn a_stale_grace_timer_does_not_free_a_later_grace_window() {
     h.advance(secs(11));
     assert_quiet(&mut h, [&mut phone2, &mut phone3]);
     let mut phone4 = h.phone("srv");
-    phone4.assert_no_data(&mut h);
+    phone4.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 3);
 
     // t=49: still waiting.
     h.advance(secs(18));
     for phone in [&mut phone2, &mut phone3, &mut phone4] {
-        phone.assert_no_data(&mut h);
+        phone.expect_no_data(&mut h);
     }
     // t=50: the second window ends.
     h.advance(secs(1));
@@ -402,7 +402,7 @@ fn reclaim_then_release_again_runs_a_fresh_full_grace_period() {
     let mut phone = h.phone("srv");
     // 29 s into the new window (58 s after the first release): still open.
     h.advance(secs(29));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     h.advance(secs(1));
     phone.expect_closed(&mut h, BINARY_GONE);
 }
@@ -435,12 +435,12 @@ fn a_silent_phone_during_grace_is_closed_by_the_heartbeat() {
 
 #[test]
 fn a_phone_for_an_unknown_server_id_is_upgraded_then_closed_4404() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut other = h.binary("srv-other");
     let mut phone = h.phone("srv-missing");
     phone.expect_closed(&mut h, NO_SERVER);
     assert_eq!(h.stats().phones, 0);
-    other.assert_no_data(&mut h);
+    other.expect_no_data(&mut h);
 }
 
 #[test]
@@ -452,7 +452,7 @@ fn the_phone_cap_refuses_with_4429() {
     let mut third = h.phone("srv");
     third.expect_closed(&mut h, TOO_MANY_PHONES);
     // A refused phone was never the binary's: no notice.
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 2);
 
     // The cap is per server-id.
@@ -463,12 +463,12 @@ fn the_phone_cap_refuses_with_4429() {
     assert_eq!(binary.recv_text(&mut h), close_notice(&id2, 1000));
     let (mut phone3, id3) = h.phone_with_id("srv", &mut binary);
     assert_routes(&mut h, &mut binary, &mut phone3, &id3);
-    phone1.assert_no_data(&mut h);
+    phone1.expect_no_data(&mut h);
 }
 
 #[test]
 fn the_default_phone_cap_is_16() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv");
     let mut phones = Vec::new();
     for _ in 0..16 {
@@ -482,7 +482,7 @@ fn the_default_phone_cap_is_16() {
 #[test]
 fn conn_ids_have_the_spec_shape_and_never_repeat() {
     let sid = "0b1e7c4a-5f6d-4e2a-9c3b-1a2b3c4d5e6f";
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary(sid);
     let mut seen = std::collections::HashSet::new();
     let mut open = Vec::new();

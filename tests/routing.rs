@@ -24,7 +24,7 @@ fn secs(n: u64) -> Duration {
 
 #[test]
 fn ticket_1_an_envelope_reaches_only_its_phone_byte_exact() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("srv");
     let (mut other, _) = h.phone_with_id("srv", &mut binary);
 
@@ -48,12 +48,12 @@ fn ticket_1_an_envelope_reaches_only_its_phone_byte_exact() {
         binary.send_text(&mut h, &envelope(&conn_id, scalar));
         assert_eq!(phone.recv(&mut h), Msg::Text(scalar.to_vec()));
     }
-    other.assert_no_data(&mut h);
+    other.expect_no_data(&mut h);
 }
 
 #[test]
 fn ticket_2_two_phones_each_get_only_their_own() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut p1, id1) = h.pair("srv");
     let (mut p2, id2) = h.phone_with_id("srv", &mut binary);
     assert_ne!(id1, id2);
@@ -83,7 +83,7 @@ fn ticket_2_two_phones_each_get_only_their_own() {
 
 #[test]
 fn ticket_3_an_unknown_conn_id_is_dropped_and_the_binary_keeps_reading() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("srv");
 
     let unknown = "client-srv-00000000000000000000000000000000";
@@ -96,20 +96,20 @@ fn ticket_3_an_unknown_conn_id_is_dropped_and_the_binary_keeps_reading() {
 
     binary.send_text(&mut h, &envelope(&conn_id, br#"{"lands":true}"#));
     assert_eq!(phone.recv_text(&mut h), br#"{"lands":true}"#.to_vec());
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
 }
 
 #[test]
 fn ticket_4_a_binary_disconnect_schedules_the_grace_release() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (binary, mut phones) = h.server_with_phones("srv", 2);
     drop(binary);
     assert_eq!(h.stats().binaries, 0);
 
     h.advance(secs(29));
     for (phone, _) in phones.iter_mut() {
-        phone.assert_no_data(&mut h);
+        phone.expect_no_data(&mut h);
     }
     h.advance(SECOND);
     for (phone, _) in phones.iter_mut() {
@@ -120,11 +120,11 @@ fn ticket_4_a_binary_disconnect_schedules_the_grace_release() {
 
 #[test]
 fn ticket_5_shutdown_closes_everyone_1001_and_finishes_after_the_handshakes() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, phones) = h.server_with_phones("srv", 2);
     let mut lone = h.binary("srv-2");
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     let mut clients: Vec<Client> = phones.into_iter().map(|(phone, _)| phone).collect();
     binary.expect_closed(&mut h, SHUTTING_DOWN);
     // No close notices: the binary's next frame was the close itself.
@@ -133,26 +133,26 @@ fn ticket_5_shutdown_closes_everyone_1001_and_finishes_after_the_handshakes() {
         phone.expect_closed(&mut h, SHUTTING_DOWN);
     }
     // New connections are no longer accepted.
-    assert!(TcpStream::connect(h.addr).is_err());
+    assert!(TcpStream::connect(h.addr()).is_err());
 
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
     drop((binary, lone, clients));
     h.settle();
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
     assert_eq!(h.stats().connections, 0);
 }
 
 #[test]
 fn shutdown_with_silent_peers_finishes_at_the_drain_deadline() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair("srv");
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     binary.expect_close_frame(&mut h, SHUTTING_DOWN);
     phone.expect_close_frame(&mut h, SHUTTING_DOWN);
     h.advance(Duration::from_millis(9_990));
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
     h.advance(Duration::from_millis(10));
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
     binary.wait_eof(&mut h);
     phone.wait_eof(&mut h);
 }
@@ -161,19 +161,19 @@ fn shutdown_with_silent_peers_finishes_at_the_drain_deadline() {
 fn the_drain_deadline_ends_shutdown_even_with_a_long_write_timeout() {
     let mut h = Harness::with_config(|c| c.write_timeout = secs(60));
     let (mut binary, _phone, _) = h.pair("srv");
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     assert_eq!(binary.recv_close(&mut h).0, Some(1001));
     h.advance(secs(9));
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
     h.advance(SECOND);
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
 }
 
 #[test]
 fn shutdown_delivers_what_is_queued_before_the_close() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("srv");
-    phone.set_relay_send_buffer(16 * 1024);
+    phone.set_relay_send_buffer(&h, 16 * 1024);
     // The phone reads nothing for now: most of this stays queued in the relay.
     let frame = |i: usize| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "w".repeat(8 * 1024));
     for i in 0..30 {
@@ -181,7 +181,7 @@ fn shutdown_delivers_what_is_queued_before_the_close() {
     }
     assert!(h.stats().connections_with_buffers >= 1, "nothing queued");
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     binary.expect_closed(&mut h, SHUTTING_DOWN);
     for i in 0..30 {
         assert_eq!(phone.recv(&mut h), Msg::Text(frame(i).into_bytes()));
@@ -193,7 +193,7 @@ fn shutdown_delivers_what_is_queued_before_the_close() {
 
 #[test]
 fn malformed_envelopes_are_dropped_and_the_binary_keeps_working() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
 
     let bad: Vec<Vec<u8>> = vec![
@@ -255,20 +255,20 @@ fn malformed_envelopes_are_dropped_and_the_binary_keeps_working() {
 
 #[test]
 fn close_code_zero_is_no_directive() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
         format!(r#"{{"conn_id":"{id}","frame":{{"a":1}},"close_code":0}}"#).as_bytes(),
     );
     assert_eq!(phone.recv(&mut h), Msg::Text(br#"{"a":1}"#.to_vec()));
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
     assert_routes(&mut h, &mut binary, &mut phone, &id);
 }
 
 #[test]
 fn an_envelope_for_another_server_ids_phone_is_dropped() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary_a, mut phone_a, id_a) = h.pair("srv-a");
     let (mut binary_b, mut phone_b, id_b) = h.pair("srv-b");
 
@@ -293,7 +293,7 @@ fn an_envelope_for_another_server_ids_phone_is_dropped() {
 
 #[test]
 fn push_wake_is_dropped_without_push_and_the_binary_stays_up() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
@@ -301,7 +301,7 @@ fn push_wake_is_dropped_without_push_and_the_binary_stays_up() {
     );
     assert_quiet(&mut h, [&mut binary, &mut phone]);
     assert!(h
-        .relay
+        .relay()
         .metrics_text()
         .contains("pyrycode_relay_push_wakes_total{outcome=\"dropped\"} 1\n"));
     assert_routes(&mut h, &mut binary, &mut phone, &id);
@@ -312,7 +312,7 @@ fn push_wake_is_dropped_without_push_and_the_binary_stays_up() {
 
 #[test]
 fn a_close_directive_with_a_frame_delivers_it_then_closes() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
 
@@ -330,17 +330,17 @@ fn a_close_directive_with_a_frame_delivers_it_then_closes() {
         (Some(4401), String::new())
     );
     // No close notice for a close the binary asked for.
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
     // Later envelopes to it are dropped; the sibling is unaffected.
     binary.send_text(&mut h, &envelope(&id, br#"{"too":"late"}"#));
-    sibling.assert_no_data(&mut h);
+    sibling.expect_no_data(&mut h);
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_close_directive_without_a_frame_only_closes() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
@@ -349,13 +349,13 @@ fn a_close_directive_without_a_frame_only_closes() {
     assert_eq!(phone.recv(&mut h), Msg::Close(Some(4421), String::new()));
     phone.send_close(&mut h, 4421, "");
     phone.wait_eof(&mut h);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
 }
 
 #[test]
 fn a_close_directive_with_a_null_frame_only_closes() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     binary.send_text(
         &mut h,
@@ -364,13 +364,13 @@ fn a_close_directive_with_a_null_frame_only_closes() {
     assert_eq!(phone.recv(&mut h), Msg::Close(Some(4426), String::new()));
     // The phone vanishes instead of answering: still no notice.
     drop(phone);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
 }
 
 #[test]
 fn a_close_directive_comes_after_everything_queued_before_it() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     let mut batch = Vec::new();
     for i in 0..5 {
@@ -398,12 +398,12 @@ fn a_close_directive_comes_after_everything_queued_before_it() {
         phone.expect_closed_by_relay(&mut h),
         (Some(1000), String::new())
     );
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
 fn every_sendable_close_code_is_a_directive() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv");
     for code in [
         1000u16, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4401, 4999,
@@ -419,7 +419,7 @@ fn every_sendable_close_code_is_a_directive() {
             "directive {code}"
         );
     }
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 0);
 }
 
@@ -427,7 +427,7 @@ fn every_sendable_close_code_is_a_directive() {
 
 #[test]
 fn a_phone_closing_1000_gives_the_binary_an_exact_notice() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     phone.send_close(&mut h, 1000, "done");
@@ -437,37 +437,37 @@ fn a_phone_closing_1000_gives_the_binary_an_exact_notice() {
         binary.recv(&mut h),
         Msg::Text(format!(r#"{{"conn_id":"{id}","close_code":1000}}"#).into_bytes())
     );
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().phones, 1);
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_closing_with_its_own_code_reports_that_code() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     phone.send_close(&mut h, 4000, "app went to background");
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 4000));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
 fn a_phone_closing_without_a_code_reports_1001() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     phone.send_frame(&mut h, 0x8, true, b"");
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1001));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
 fn a_phone_dropping_its_tcp_connection_reports_1001() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, phone, id) = h.pair("srv");
     let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     drop(phone);
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1001));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     let stats = h.stats();
     assert_eq!((stats.phones, stats.connections), (1, 2));
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
@@ -475,7 +475,7 @@ fn a_phone_dropping_its_tcp_connection_reports_1001() {
 
 #[test]
 fn a_phone_sending_non_json_is_closed_1007_and_the_binary_told() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     phone.send_text(&mut h, b"{\"half\": ");
@@ -485,18 +485,18 @@ fn a_phone_sending_non_json_is_closed_1007_and_the_binary_told() {
     );
     // Nothing was forwarded; the notice is the binary's only message.
     assert_eq!(binary.recv(&mut h), Msg::Text(close_notice(&id, 1007)));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_sending_invalid_utf8_in_a_binary_message_is_closed_1007() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     phone.send_binary(&mut h, b"\"\xff\xfe\"");
     assert_eq!(phone.recv_close(&mut h), (Some(1007), String::new()));
     assert_eq!(binary.recv(&mut h), Msg::Text(close_notice(&id, 1007)));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
@@ -508,24 +508,24 @@ fn a_phone_message_over_the_size_limit_is_closed_1009_and_the_binary_told() {
     phone.send_text(&mut h, big.as_bytes());
     assert_eq!(phone.recv_close(&mut h), (Some(1009), String::new()));
     assert_eq!(binary.recv(&mut h), Msg::Text(close_notice(&id, 1009)));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
 }
 
 #[test]
 fn a_phone_that_stops_answering_pings_is_closed_1011_and_the_binary_told() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     h.advance(secs(30));
     assert_eq!(binary.recv(&mut h), Msg::Ping(Vec::new()));
     binary.send_pong(&mut h, b"");
     assert_eq!(phone.recv(&mut h), Msg::Ping(Vec::new()));
     h.advance(secs(29));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     h.advance(SECOND);
     phone.expect_close_frame(&mut h, HEARTBEAT_TIMEOUT);
     assert_eq!(binary.recv_text(&mut h), close_notice(&id, 1011));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().binaries, 1);
 }
 
@@ -533,7 +533,7 @@ fn a_phone_that_stops_answering_pings_is_closed_1011_and_the_binary_told() {
 
 #[test]
 fn phone_frames_reach_the_binary_byte_exact() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     let inners: [&[u8]; 5] = [
         b" \t\r\n{ \"v\":2 , \"data\" : \"\\u00e9\\ud83d\\ude00\\n\\\"\\\\\",\"raw\":\"\xc3\xa9\xf0\x9f\x98\x80\",\
@@ -555,7 +555,7 @@ fn phone_frames_reach_the_binary_byte_exact() {
     );
     // A fragmented message is forwarded once, reassembled.
     phone.send_frame(&mut h, 0x1, false, br#"{"frag":"#);
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     phone.send_frame(&mut h, 0x0, false, br#" [1, "#);
     phone.send_ping(&mut h, b"mid");
     assert_eq!(phone.recv(&mut h), Msg::Pong(b"mid".to_vec()));
@@ -564,12 +564,12 @@ fn phone_frames_reach_the_binary_byte_exact() {
         binary.recv(&mut h),
         Msg::Text(envelope(&id, br#"{"frag": [1, 2] }"#))
     );
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 }
 
 #[test]
 fn per_phone_order_is_kept_over_a_thousand_messages() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut p1, id1) = h.pair("srv");
     let (mut p2, id2) = h.phone_with_id("srv", &mut binary);
 
@@ -636,14 +636,14 @@ fn numbered(i: usize) -> Vec<u8> {
 #[test]
 fn a_slow_binary_pushes_back_on_its_phones_and_nothing_is_dropped() {
     const COUNT: usize = 10_000;
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, id) = h.pair("srv");
     // Small kernel buffers on both legs, so that what the relay holds
     // back shows: the kernel alone cannot absorb the phone's 2 MB.
     binary.set_recv_buffer(32 * 1024);
-    binary.set_relay_send_buffer(32 * 1024);
+    binary.set_relay_send_buffer(&h, 32 * 1024);
     phone.set_send_buffer(32 * 1024);
-    phone.set_relay_recv_buffer(32 * 1024);
+    phone.set_relay_recv_buffer(&h, 32 * 1024);
 
     let stream: Vec<u8> = (0..COUNT)
         .flat_map(|i| masked_frame(0x1, true, &numbered(i)))
@@ -653,10 +653,10 @@ fn a_slow_binary_pushes_back_on_its_phones_and_nothing_is_dropped() {
     let mut at = 0;
     let mut idle = 0;
     while at < stream.len() && idle < 200 {
-        let n = phone.send_some(&stream[at..]);
+        let n = phone.write_some(&stream[at..]);
         at += n;
         idle = if n == 0 { idle + 1 } else { 0 };
-        h.turn(Duration::from_millis(1));
+        h.turn_waiting(Duration::from_millis(1));
     }
     assert!(
         at < stream.len(),
@@ -670,7 +670,7 @@ fn a_slow_binary_pushes_back_on_its_phones_and_nothing_is_dropped() {
     // send the rest.
     for i in 0..COUNT {
         if at < stream.len() {
-            at += phone.send_some(&stream[at..]);
+            at += phone.write_some(&stream[at..]);
         }
         let msg = binary.recv_text(&mut h);
         assert!(
@@ -693,7 +693,7 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
     let (mut binary, mut sleeper, sleeper_id) = h.pair("srv");
     let (mut sibling, sibling_id) = h.phone_with_id("srv", &mut binary);
     // Small kernel buffers, so the relay's own queue fills after kilobytes.
-    sleeper.set_relay_send_buffer(16 * 1024);
+    sleeper.set_relay_send_buffer(&h, 16 * 1024);
 
     let chunk = format!("{{\"blob\":\"{}\"}}", "z".repeat(8 * 1024));
     let mut sent = 0;
@@ -706,7 +706,7 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
         binary.recv(&mut h),
         Msg::Text(close_notice(&sleeper_id, 1011))
     );
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 
     // The binary and the sibling go on as before.
     assert_routes(&mut h, &mut binary, &mut sibling, &sibling_id);
@@ -739,7 +739,7 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
     // However the sleeper's connection ends now, the binary heard once.
     drop(sleeper);
     h.advance(secs(10));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     assert_eq!(h.stats().connections, 2);
 }
 
@@ -747,7 +747,7 @@ fn a_phone_that_never_reads_is_closed_1011_when_its_backlog_is_full() {
 
 #[test]
 fn idle_connections_hold_no_buffers_after_traffic() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut p1, id1) = h.pair("srv");
     let (mut p2, id2) = h.phone_with_id("srv", &mut binary);
     assert_routes(&mut h, &mut binary, &mut p1, &id1);

@@ -14,21 +14,21 @@ const SID: &str = "shutdown-srv";
 
 fn finished(h: &mut Harness) -> bool {
     h.settle();
-    h.relay.is_finished()
+    h.relay().is_finished()
 }
 
 #[test]
 fn every_websocket_is_closed_1001_and_the_relay_finishes_when_closes_are_echoed() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair(SID);
     let (mut phone2, _) = h.phone_with_id(SID, &mut binary);
     let mut other_binary = h.binary("other-srv");
     assert_eq!(h.stats().connections, 4);
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     h.settle();
-    assert!(!h.relay.is_finished(), "finished before the handshakes");
+    assert!(!h.relay().is_finished(), "finished before the handshakes");
 
     // The binary's next frame is the close itself: no close notices for
     // phones that go because the relay does.
@@ -36,19 +36,19 @@ fn every_websocket_is_closed_1001_and_the_relay_finishes_when_closes_are_echoed(
     for client in [&mut phone, &mut phone2, &mut other_binary] {
         client.expect_closed(&mut h, SHUTTING_DOWN);
     }
-    assert!(!h.relay.is_finished(), "the binary has not answered yet");
+    assert!(!h.relay().is_finished(), "the binary has not answered yet");
     assert!(binary.echo_close(&mut h, 1001), "the echo was written");
 
     // Each socket got its FIN after the close; once the clients hang up
     // the relay holds nothing and is done.
     drop((binary, phone, phone2, other_binary));
     h.eventually("all connections gone", |h| h.stats().connections == 0);
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
 }
 
 #[test]
 fn phones_closed_by_shutdown_send_their_binary_no_close_notice() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     // Arrange for the phone to sit before its binary in the relay's table
     // (a slot freed by a connection that left), so that it is closed
     // while its binary is still registered.
@@ -58,32 +58,32 @@ fn phones_closed_by_shutdown_send_their_binary_no_close_notice() {
     h.eventually("the filler gone", |h| h.stats().connections == 1);
     let (mut phone, _) = h.phone_with_id(SID, &mut binary);
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     binary.expect_close_frame(&mut h, SHUTTING_DOWN);
     phone.expect_close_frame(&mut h, SHUTTING_DOWN);
 }
 
 #[test]
 fn a_relay_with_no_connections_finishes_at_once() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     h.settle();
-    assert!(!h.relay.is_finished(), "an idle relay is not finished");
-    h.relay.shutdown();
-    assert!(h.relay.is_finished());
+    assert!(!h.relay().is_finished(), "an idle relay is not finished");
+    h.relay_mut().shutdown();
+    assert!(h.relay().is_finished());
     // A second shutdown is harmless.
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     h.settle();
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
 }
 
 #[test]
 fn new_connections_are_refused_after_shutdown() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary(SID);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     h.settle();
 
-    match TcpStream::connect(h.addr) {
+    match TcpStream::connect(h.addr()) {
         Err(err) => assert_eq!(err.kind(), ErrorKind::ConnectionRefused),
         Ok(mut stream) => {
             // Connected to nothing that answers: no response, ever.
@@ -105,26 +105,26 @@ fn new_connections_are_refused_after_shutdown() {
 
 #[test]
 fn a_connection_still_sending_its_request_head_is_dropped_at_once() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut client = h.connect();
     client.send_raw(&mut h, b"GET /v1/server HTTP/1.1\r\nHost: relay.test\r\n");
     assert_eq!(h.stats().connections, 1);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     assert!(client.body_until_eof(&mut h).is_empty(), "no response");
     assert_eq!(h.stats().connections, 0);
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
 }
 
 #[test]
 fn a_message_routed_just_before_shutdown_arrives_before_the_close() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair(SID);
 
     binary.send_text(&mut h, &envelope(&conn_id, br#"{"last":"words"}"#));
     phone.send_text(&mut h, br#"{"me":"too"}"#);
     binary.wait_delivered(&mut h);
     phone.wait_delivered(&mut h);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
 
     assert_eq!(
         phone.recv_data(&mut h),
@@ -151,7 +151,7 @@ fn output_queued_behind_a_slow_phone_is_all_delivered_before_the_close() {
     binary.wait_delivered(&mut h);
     assert_eq!(h.stats().connections_with_buffers, 1, "output is queued");
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     binary.expect_closed(&mut h, SHUTTING_DOWN);
 
     // Everything queued comes first, in order, then the close.
@@ -169,7 +169,7 @@ fn silent_connections_are_dropped_at_the_drain_deadline() {
     let mut h = Harness::with_config(|c| c.write_timeout = secs(60));
     let (mut binary, mut phone, _) = h.pair(SID);
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     // The phone answers, the binary stays silent.
     phone.expect_closed(&mut h, SHUTTING_DOWN);
     drop(phone);
@@ -182,29 +182,29 @@ fn silent_connections_are_dropped_at_the_drain_deadline() {
         !binary.is_closed(&mut h),
         "dropped before the drain deadline"
     );
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
     assert_eq!(h.stats().connections, 1);
 
     h.advance(millis(10));
     assert_eq!(h.stats().connections, 0);
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
     h.eventually("dropped at the drain deadline", |h| binary.is_closed(h));
 }
 
 #[test]
 fn with_default_timeouts_silent_connections_are_gone_after_10s() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair(SID);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     binary.expect_close_frame(&mut h, SHUTTING_DOWN);
     phone.expect_close_frame(&mut h, SHUTTING_DOWN);
 
     h.advance(secs(9));
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
     assert!(!binary.is_closed(&mut h));
     assert!(!phone.is_closed(&mut h));
     h.advance(secs(1));
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
     h.eventually("binary dropped", |h| binary.is_closed(h));
     h.eventually("phone dropped", |h| phone.is_closed(h));
 }
@@ -213,24 +213,24 @@ fn with_default_timeouts_silent_connections_are_gone_after_10s() {
 fn a_drain_shorter_than_the_close_wait_still_ends_everything() {
     let mut h = Harness::with_config(|c| c.drain_timeout = secs(3));
     let mut binary = h.binary(SID);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     binary.expect_close_frame(&mut h, SHUTTING_DOWN);
     h.advance(millis(2990));
-    assert!(!h.relay.is_finished());
+    assert!(!h.relay().is_finished());
     h.advance(millis(10));
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
     h.eventually("binary dropped", |h| binary.is_closed(h));
 }
 
 #[test]
 fn phones_of_a_binary_in_grace_are_closed_1001_too() {
-    let mut h = Harness::new();
-    let (binary, mut phone, _) = h.pair(SID);
+    let mut h = Harness::start();
+    let (mut binary, mut phone, _) = h.pair(SID);
     binary.hang_up(&mut h);
     assert_eq!(h.stats().binaries, 0);
     h.advance(secs(5));
 
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     phone.expect_closed(&mut h, SHUTTING_DOWN);
     drop(phone);
     h.eventually("finished", finished);
@@ -238,9 +238,9 @@ fn phones_of_a_binary_in_grace_are_closed_1001_too() {
 
 #[test]
 fn messages_arriving_after_the_shutdown_close_are_not_forwarded() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, _) = h.pair(SID);
-    h.relay.shutdown();
+    h.relay_mut().shutdown();
     phone.expect_close_frame(&mut h, SHUTTING_DOWN);
     // The phone had not seen the close yet when it sent this.
     phone.send_text(&mut h, br#"{"too":"late"}"#);

@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn a_phone_and_its_binary_exchange_frames_byte_exact() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (mut binary, mut phone, conn_id) = h.pair("srv-1");
     assert!(conn_id.starts_with("client-srv-1-"));
 

@@ -13,7 +13,7 @@ mod tls_support;
 #[path = "support/wss.rs"]
 mod wss;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ fn tls_relay(name: &str, tweak: impl FnOnce(&mut Config)) -> TlsRelay {
     let resolver = Arc::new(CertResolver::from_files(cert.clone(), key.clone()).unwrap());
     let mut h = Harness::with_config(tweak);
     let tls_addr = listen_tls(&mut h, tls::server_config(resolver.clone()), false);
-    h.relay.serve_certificates(resolver, None);
+    h.relay_mut().serve_certificates(resolver, None);
     let client = client_config(ca.roots(), &[HTTP11], &[&TLS13, &TLS12]);
     TlsRelay {
         h,
@@ -72,7 +72,7 @@ fn tls_relay(name: &str, tweak: impl FnOnce(&mut Config)) -> TlsRelay {
 
 /// Opens a TLS WebSocket listener (after a PROXY header if asked).
 fn listen_tls(h: &mut Harness, config: Arc<rustls::ServerConfig>, proxy: bool) -> SocketAddr {
-    h.relay
+    h.relay_mut()
         .listen(Listen {
             addr: "127.0.0.1:0".parse().unwrap(),
             origin: Origin::WebSocket,
@@ -186,7 +186,7 @@ fn an_idle_tls_connection_holds_no_buffer() {
     let stats = relay.h.stats();
     assert_eq!(stats.connections, 2);
     assert_eq!(stats.connections_with_buffers, 0, "{stats:?}");
-    let memory = relay.h.relay.memory();
+    let memory = relay.h.relay().memory();
     assert_eq!(memory.partial_input, 0);
     assert_eq!(memory.queued_output, 0);
 }
@@ -222,7 +222,7 @@ fn legacy_client_hello(version: u16) -> Vec<u8> {
 #[test]
 fn tls_1_0_and_1_1_get_a_protocol_version_alert_and_nothing_else() {
     let mut relay = tls_relay("legacy", |_| {});
-    relay.h.addr = relay.tls_addr;
+    relay.h.set_addr(relay.tls_addr);
     for version in [0x0301u16, 0x0302] {
         let mut client = relay.h.connect();
         client.send_raw(&mut relay.h, &legacy_client_hello(version));
@@ -238,8 +238,8 @@ fn tls_1_0_and_1_1_get_a_protocol_version_alert_and_nothing_else() {
     let mut client = relay.h.connect();
     client.send_raw(&mut relay.h, &legacy_client_hello(0x0303));
     client.wait_received(&mut relay.h);
-    let mut first = [0u8; 6];
-    client.stream.read_exact(&mut first).unwrap();
+    let first = client.take_bytes();
+    assert!(first.len() >= 6, "{first:?}");
     assert_eq!((first[0], first[5]), (0x16, 2), "a ServerHello record");
 }
 
@@ -264,7 +264,7 @@ fn a_reload_serves_the_new_certificate_to_new_connections_only() {
 
     let issued = relay.ca.issue(&["relay.test"]);
     issued.write(&relay.cert, &relay.key);
-    assert!(relay.h.relay.reload_certificates());
+    assert!(relay.h.relay_mut().reload_certificates());
     let mut phone = relay.phone("srv-reload");
     assert_eq!(
         phone.leaf(),
@@ -282,12 +282,12 @@ fn a_reload_serves_the_new_certificate_to_new_connections_only() {
     // A key that is not the certificate's: the reload fails, the new
     // certificate stays.
     std::fs::write(&relay.key, relay.ca.issue(&["relay.test"]).key_pem).unwrap();
-    assert!(!relay.h.relay.reload_certificates());
+    assert!(!relay.h.relay_mut().reload_certificates());
     let config = relay.client.clone();
     let next = relay.client(&config);
     assert_eq!(next.leaf(), issued.leaf);
     std::fs::write(&relay.cert, b"not PEM").unwrap();
-    assert!(!relay.h.relay.reload_certificates());
+    assert!(!relay.h.relay_mut().reload_certificates());
     assert_eq!(relay.client(&config).leaf(), issued.leaf);
     exchange(
         &mut relay.h,
@@ -337,7 +337,7 @@ fn a_host_that_is_not_the_domain_gets_421() {
         let config = relay.client.clone();
         let mut client = relay.client(&config);
         client.send(&mut relay.h, head.as_bytes());
-        let (status, response) = client.response_head(&mut relay.h);
+        let (status, response) = client.response(&mut relay.h);
         assert_eq!(status, 421, "{head:?}");
         assert!(response.starts_with("HTTP/1.1 421 Misdirected Request\r\n"));
     }
@@ -347,8 +347,8 @@ fn a_host_that_is_not_the_domain_gets_421() {
         &mut relay.h,
         b"GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n",
     );
-    assert_eq!(client.response_head(&mut relay.h).0, 200);
-    let text = relay.h.relay.metrics_text();
+    assert_eq!(client.response(&mut relay.h).0, 200);
+    let text = relay.h.relay().metrics_text();
     assert!(
         text.contains(r#"pyrycode_relay_http_refusals_total{reason="misdirected",status="421"} 6"#),
         "{text}"
@@ -358,7 +358,7 @@ fn a_host_that_is_not_the_domain_gets_421() {
 #[test]
 fn the_handshake_deadline_closes_silently_before_tls_and_with_408_after() {
     let mut relay = tls_relay("deadline", |_| {});
-    relay.h.addr = relay.tls_addr;
+    relay.h.set_addr(relay.tls_addr);
     // Half a ClientHello, then nothing: no HTTP was spoken, none is answered.
     let mut silent = relay.h.connect();
     silent.send_raw(&mut relay.h, &legacy_client_hello(0x0303)[..20]);
@@ -368,7 +368,7 @@ fn the_handshake_deadline_closes_silently_before_tls_and_with_408_after() {
     relay.h.advance(Duration::from_secs(5));
     assert!(silent.body_until_eof(&mut relay.h).is_empty());
     assert!(idle.body_until_eof(&mut relay.h).is_empty());
-    let (status, _) = established.response_head(&mut relay.h);
+    let (status, _) = established.response(&mut relay.h);
     assert_eq!(status, 408);
     assert_eq!(established.wait_end(&mut relay.h), Ending::CloseNotify);
 }
@@ -377,7 +377,7 @@ fn the_handshake_deadline_closes_silently_before_tls_and_with_408_after() {
 fn a_close_the_relay_starts_ends_with_close_notify() {
     let mut relay = tls_relay("close", |_| {});
     let mut binary = relay.binary("srv-close");
-    relay.h.relay.shutdown();
+    relay.h.relay_mut().shutdown();
     assert_eq!(
         binary.recv_data(&mut relay.h),
         Msg::Close(Some(1001), "shutting down".into())
@@ -388,7 +388,7 @@ fn a_close_the_relay_starts_ends_with_close_notify() {
     );
     assert_eq!(binary.wait_end(&mut relay.h), Ending::CloseNotify);
     binary.hang_up(&mut relay.h);
-    assert!(relay.h.relay.is_finished());
+    assert!(relay.h.relay().is_finished());
 }
 
 #[test]
@@ -430,9 +430,9 @@ fn a_tls_alpn01_validation_gets_the_challenge_certificate_then_close_notify() {
     let challenge = challenges::tls_alpn01_certificate("relay.test", &[7; 32]).unwrap();
     published.publish_tls_alpn01("relay.test", challenge.clone());
     let resolver = Arc::new(CertResolver::for_acme(published, Some(certified)));
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let addr = listen_tls(&mut h, tls::server_config(resolver.clone()), false);
-    h.relay.serve_certificates(resolver, None);
+    h.relay_mut().serve_certificates(resolver, None);
 
     let (validator, seen) = trusting_client(&[ACME_TLS]);
     let mut validation = TlsClient::connect(&mut h, addr, &validator, "relay.test", b"");
@@ -472,20 +472,21 @@ fn the_http01_listener_answers_published_tokens_and_404_to_everything_else() {
         max: Duration::from_secs(3600),
     };
     pyrycode_relay::acme::cache_dir::prepare(&config.cache_dir).unwrap();
-    let mut h = Harness::new();
-    let acme = Acme::start(config, h.relay.waker()).unwrap();
+    let mut h = Harness::start();
+    let acme = Acme::start(config, h.relay().waker()).unwrap();
     acme.challenges()
         .publish_http01("tok-en_1", "tok-en_1.thumbprint");
     let resolver = Arc::new(CertResolver::for_acme(acme.challenges().clone(), None));
-    h.relay.serve_certificates(resolver, Some(acme));
-    h.addr = h
-        .relay
+    h.relay_mut().serve_certificates(resolver, Some(acme));
+    let addr = h
+        .relay_mut()
         .listen(Listen {
             addr: "127.0.0.1:0".parse().unwrap(),
             origin: Origin::AcmeHttp01,
             recipe: Recipe::plain(),
         })
         .unwrap();
+    h.set_addr(addr);
 
     let (status, head, mut client) =
         h.request("GET /.well-known/acme-challenge/tok-en_1 HTTP/1.1\r\nHost: relay.test\r\n\r\n");
@@ -505,7 +506,7 @@ fn the_http01_listener_answers_published_tokens_and_404_to_everything_else() {
     let (status, _, _) = h.upgrade("/v1/server", &binary_headers("srv-http01"));
     assert_eq!(status, 404);
     drop(client);
-    h.relay.shutdown(); // stops the ACME thread
+    h.relay_mut().shutdown(); // stops the ACME thread
     h.settle();
-    assert!(h.relay.is_finished());
+    assert!(h.relay().is_finished());
 }

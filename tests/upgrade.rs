@@ -123,7 +123,7 @@ fn assert_refused(h: &mut Harness, request: &str, expected: u16) -> String {
 /// Asserts the relay has sent nothing to `client` yet (and not closed it).
 fn assert_nothing_received(h: &mut Harness, client: &mut Client) {
     h.settle();
-    match client.stream.peek(&mut [0u8; 1]) {
+    match client.stream().peek(&mut [0u8; 1]) {
         Err(err) if err.kind() == ErrorKind::WouldBlock => {}
         Ok(0) => panic!("the relay closed the connection"),
         Ok(_) => panic!("the relay answered too early"),
@@ -150,7 +150,7 @@ fn padded_server_head(total: usize) -> String {
 
 #[test]
 fn websocket_routes_upgrade_and_ignore_the_query_string() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut open = Vec::new();
     for (path, headers) in [
         ("/v1/server", server_request("srv-1")),
@@ -168,7 +168,7 @@ fn websocket_routes_upgrade_and_ignore_the_query_string() {
 
 #[test]
 fn every_other_path_is_404_even_with_valid_upgrade_headers() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     for path in [
         "/v1/serverX",
         "/v1/server/",
@@ -196,7 +196,7 @@ fn every_other_path_is_404_even_with_valid_upgrade_headers() {
 
 #[test]
 fn healthz_answers_any_method_and_ignores_the_query_string() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     for request in [
         "GET /healthz HTTP/1.1\r\nHost: relay.test\r\n\r\n",
         "POST /healthz HTTP/1.1\r\nHost: relay.test\r\nContent-Length: 0\r\n\r\n",
@@ -238,7 +238,7 @@ fn healthz_body_and_headers_are_exact() {
 
 #[test]
 fn healthz_reports_the_crate_version_by_default() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (body, _) = h.healthz();
     let expected = format!(
         r#"{{"status":"ok","version":"{}","connected_binaries":0,"connected_phones":0,"uptime_seconds":0}}"#,
@@ -249,7 +249,7 @@ fn healthz_reports_the_crate_version_by_default() {
 
 #[test]
 fn healthz_counts_follow_binaries_and_phones() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     assert_eq!(h.counts(), (0, 0));
 
     let mut binary = h.binary("srv-a");
@@ -286,7 +286,7 @@ fn healthz_counts_follow_binaries_and_phones() {
 
 #[test]
 fn healthz_uptime_follows_relay_time() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let (_, value) = h.healthz();
     assert_eq!(value["uptime_seconds"], 0);
     h.advance(Duration::from_millis(999));
@@ -396,7 +396,7 @@ impl Row {
         let what = format!("{} {:?}", self.route, self.edits);
         let phone = self.route == CLIENT;
         capture_logs();
-        let mut h = Harness::new();
+        let mut h = Harness::start();
         let _binary = phone.then(|| h.binary("srv-1"));
         take_logs();
         let request = self.request();
@@ -516,7 +516,7 @@ fn the_header_gate_refuses_quietly_and_comes_before_the_websocket_rules() {
 
 #[test]
 fn header_names_are_case_insensitive() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let lower: Headers = server_request("srv-lower")
         .into_iter()
         .map(|(n, v)| (n.to_ascii_lowercase(), v))
@@ -644,16 +644,22 @@ fn the_rate_limit_refills_one_attempt_per_interval() {
         c.rate_limit_burst = 1;
         c.rate_limit_interval = Duration::from_secs(6);
     });
-    let _b1 = h.binary("srv-1");
+    let mut b1 = h.binary("srv-1");
     refuse_binary(&mut h, "srv-2", 429);
     h.advance(Duration::from_secs(5));
     refuse_binary(&mut h, "srv-2", 429);
     h.advance(Duration::from_secs(1));
-    let _b2 = h.binary("srv-2");
+    let mut b2 = h.binary("srv-2");
     refuse_binary(&mut h, "srv-3", 429);
 
-    // Unused tokens pile up only to the burst.
-    h.advance(Duration::from_secs(60));
+    // Unused tokens pile up only to the burst. (A minute passes in steps,
+    // the binaries answering their pings in between, so that they stay.)
+    b1.answer_pings(true);
+    b2.answer_pings(true);
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(20));
+        h.sync(&mut [&mut b1, &mut b2]);
+    }
     let _b3 = h.binary("srv-3");
     refuse_binary(&mut h, "srv-4", 429);
     assert_eq!(h.stats().binaries, 3);
@@ -731,7 +737,7 @@ fn the_per_ip_connection_cap_is_429() {
 
 #[test]
 fn the_101_carries_only_upgrade_connection_and_accept() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut headers = server_request("srv-1");
     headers.push((
         "Sec-WebSocket-Extensions".to_string(),
@@ -765,7 +771,7 @@ fn the_101_carries_only_upgrade_connection_and_accept() {
         vec![ACCEPT]
     );
     // No hello: the binary gets nothing after the 101.
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
 
     // The phone side offers the same (the Android client does).
     let mut headers = client_request("srv-1");
@@ -786,7 +792,7 @@ fn the_101_carries_only_upgrade_connection_and_accept() {
         header_values(&response, "Sec-WebSocket-Accept"),
         vec!["HSmrc0sMlYUkAGmm5OPpG2HaGWk="]
     );
-    phone.assert_no_data(&mut h);
+    phone.expect_no_data(&mut h);
 }
 
 #[test]
@@ -804,7 +810,7 @@ fn refusals_decided_after_the_101_are_websocket_closes() {
 
 #[test]
 fn a_head_over_the_size_limit_is_431() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     // Exactly at the limit is fine; one byte over is not.
     let (status, response, _b) = h.request(&padded_server_head(8 * 1024));
     assert_eq!(status, 101, "{response}");
@@ -819,7 +825,7 @@ fn a_head_over_the_size_limit_is_431() {
         endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
     }
     client.send_raw(&mut h, &endless);
-    let (status, _) = client.response_head(&mut h);
+    let (status, _) = client.response(&mut h);
     assert_eq!(status, 431);
     client.wait_eof(&mut h);
     assert_eq!(h.stats().binaries, 1);
@@ -841,7 +847,7 @@ fn the_head_limit_is_configurable() {
 
 #[test]
 fn a_head_not_complete_within_the_handshake_timeout_gets_408() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let request = upgrade_head("/v1/server", &binary_headers("srv-1"));
     let mut slow = h.connect();
     let mut silent = h.connect();
@@ -855,7 +861,7 @@ fn a_head_not_complete_within_the_handshake_timeout_gets_408() {
 
     h.advance(Duration::from_millis(1));
     for client in [&mut slow, &mut silent] {
-        let (status, response) = client.response_head(&mut h);
+        let (status, response) = client.response(&mut h);
         assert_eq!(status, 408, "{response}");
         assert_eq!(header_values(&response, "Content-Length"), vec!["0"]);
         assert_eq!(client.body_until_eof(&mut h), b"");
@@ -866,10 +872,10 @@ fn a_head_not_complete_within_the_handshake_timeout_gets_408() {
 
 #[test]
 fn the_handshake_timeout_ends_at_the_101() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv-1");
     h.advance(Duration::from_secs(6));
-    binary.assert_no_data(&mut h);
+    binary.expect_no_data(&mut h);
     let (mut phone, conn_id) = h.phone_with_id("srv-1", &mut binary);
     h.advance(Duration::from_secs(6));
     phone.send_text(&mut h, b"[1]");
@@ -878,14 +884,14 @@ fn the_handshake_timeout_ends_at_the_101() {
 
 #[test]
 fn a_head_sent_one_byte_at_a_time_still_upgrades() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv-1");
     let request = head("GET", "/v1/client?x=1", &client_request("srv-1"));
     let mut phone = h.connect();
     for byte in request.as_bytes() {
         phone.send_raw(&mut h, std::slice::from_ref(byte));
     }
-    let (status, response) = phone.response_head(&mut h);
+    let (status, response) = phone.response(&mut h);
     assert_eq!(status, 101, "{response}");
     assert_eq!(
         header_values(&response, "Sec-WebSocket-Accept"),
@@ -899,7 +905,7 @@ fn a_head_sent_one_byte_at_a_time_still_upgrades() {
 
 #[test]
 fn frames_sent_with_the_head_in_one_write_are_not_lost() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     let mut binary = h.binary("srv-1");
     let mut bytes = head("GET", "/v1/client", &client_request("srv-1")).into_bytes();
     bytes.extend_from_slice(&masked_frame(0x1, true, br#"{"first":1}"#));
@@ -908,7 +914,7 @@ fn frames_sent_with_the_head_in_one_write_are_not_lost() {
     bytes.extend_from_slice(&third[..5]);
     let mut phone = h.connect();
     phone.send_raw(&mut h, &bytes);
-    let (status, response) = phone.response_head(&mut h);
+    let (status, response) = phone.response(&mut h);
     assert_eq!(status, 101, "{response}");
 
     let first = binary.recv_text(&mut h);
@@ -930,14 +936,14 @@ fn frames_sent_with_the_head_in_one_write_are_not_lost() {
     bytes.extend_from_slice(&masked_frame(0x9, true, b"early"));
     let mut second = h.connect();
     second.send_raw(&mut h, &bytes);
-    let (status, _) = second.response_head(&mut h);
+    let (status, _) = second.response(&mut h);
     assert_eq!(status, 101);
     assert_eq!(second.recv(&mut h), Msg::Pong(b"early".to_vec()));
 }
 
 #[test]
 fn bytes_that_are_not_http_get_400() {
-    let mut h = Harness::new();
+    let mut h = Harness::start();
     for garbage in [
         &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
         b"\x00\x01\x02\x03\r\n\r\n",
@@ -947,7 +953,7 @@ fn bytes_that_are_not_http_get_400() {
     ] {
         let mut client = h.connect();
         client.send_raw(&mut h, garbage);
-        let (status, response) = client.response_head(&mut h);
+        let (status, response) = client.response(&mut h);
         assert_eq!(
             status,
             400,

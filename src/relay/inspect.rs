@@ -81,7 +81,16 @@ impl Relay {
     /// The connection whose peer is at `remote` (a test client's local
     /// address), if the relay still holds it.
     pub(crate) fn conn_by_remote(&self, remote: SocketAddr) -> Option<ConnView> {
-        let handle = self.conns.find(|conn| conn.remote == remote)?;
+        self.conn_view(self.conns.find(|conn| conn.remote == remote)?)
+    }
+
+    /// The connection on the relay's socket `fd`, whatever address a PROXY
+    /// header gave it, if the relay still holds it.
+    pub(crate) fn conn_by_fd(&self, fd: RawFd) -> Option<ConnView> {
+        self.conn_view(self.conns.find(|conn| raw_fd(&conn.transport) == fd)?)
+    }
+
+    fn conn_view(&self, handle: Handle) -> Option<ConnView> {
         let conn = self.conns.get(handle)?;
         let reading = match conn.phase() {
             Phase::Open(_) | Phase::Closing => self.may_read(handle),

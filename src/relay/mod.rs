@@ -67,6 +67,7 @@ pub use control::{AdvanceError, MAX_ADVANCE};
 use deadlines::{TimerKey, SWEEP_INTERVAL, TRIM_INTERVAL};
 use event_loop::{Readiness, SIGNALS, WAKER};
 pub use inspect::Census;
+pub(crate) use inspect::ConnView;
 use listeners::Listeners;
 pub use listeners::{Listen, Origin, MAX_LISTENERS};
 

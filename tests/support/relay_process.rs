@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::common::{masked_frame, upgrade_head, Msg, ServerFrames};
+use crate::common::{masked_frame, upgrade_head, FrameReader, Msg};
 
 pub const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
 
@@ -149,7 +149,7 @@ pub fn run_to_exit(args: &[&str], wait: Duration) -> (ExitStatus, String) {
 pub struct Wss {
     pub stream: StreamOwned<ClientConnection, TcpStream>,
     buf: Vec<u8>,
-    frames: ServerFrames,
+    frames: FrameReader,
 }
 
 impl Wss {
@@ -184,7 +184,7 @@ impl Wss {
         Ok(Wss {
             stream,
             buf: Vec::new(),
-            frames: ServerFrames::default(),
+            frames: FrameReader::new(),
         })
     }
 
@@ -225,6 +225,15 @@ impl Wss {
         }
     }
 
+    /// The next frame in what was read so far.
+    fn take_frame(&mut self) -> Option<Msg> {
+        let bytes = std::mem::take(&mut self.buf);
+        self.frames
+            .push(&bytes)
+            .expect("the relay's frames are well-formed");
+        self.frames.pop()
+    }
+
     pub fn send_text(&mut self, payload: &[u8]) {
         self.stream
             .write_all(&masked_frame(0x1, true, payload))
@@ -234,7 +243,7 @@ impl Wss {
     /// The next frame that is not a ping or pong.
     pub fn recv_data(&mut self) -> Msg {
         loop {
-            match self.frames.take(&mut self.buf) {
+            match self.take_frame() {
                 Some(Msg::Ping(_) | Msg::Pong(_)) => continue,
                 Some(msg) => return msg,
                 None => self.fill("a frame"),

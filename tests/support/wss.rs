@@ -4,21 +4,18 @@
 //! header) in the clear before the ClientHello, as a load balancer would.
 //!
 //! Nothing sleeps: every wait lets the relay take turns until the thing
-//! waited for is there, and fails after a bounded number of turns.
+//! waited for is there (`Harness::wait_for`), and fails after a bounded
+//! number of turns.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection};
 
-use crate::common::{masked_frame, upgrade_head, Harness, Msg, ServerFrames};
-
-/// How many relay turns a client waits for something before failing.
-const PATIENCE_TURNS: usize = 20_000;
+use crate::common::{masked_frame, upgrade_head, FrameReader, Harness, Msg};
 
 /// How a TLS connection ended, as the client saw it.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,7 +31,7 @@ pub struct TlsClient {
     pub tcp: TcpStream,
     pub tls: ClientConnection,
     plain: Vec<u8>,
-    frames: ServerFrames,
+    frames: FrameReader,
     /// The TCP stream ended.
     eof: bool,
     /// `close_notify` arrived.
@@ -85,7 +82,7 @@ impl TlsClient {
             tcp,
             tls,
             plain: Vec::new(),
-            frames: ServerFrames::default(),
+            frames: FrameReader::new(),
             eof: false,
             close_notify: false,
             error: None,
@@ -96,24 +93,26 @@ impl TlsClient {
 
     /// Runs the handshake to its end; the client's error if it failed.
     pub fn handshake(&mut self, h: &mut Harness) -> Result<(), rustls::Error> {
-        for _ in 0..PATIENCE_TURNS {
+        let outcome = h.wait_for("the end of the TLS handshake", |_| {
             self.pump();
             if let Some(error) = self.error.clone() {
-                return Err(error);
+                return Ok(Err(error));
             }
             if !self.tls.is_handshaking() {
                 self.pump(); // our Finished
-                h.settle();
-                return Ok(());
+                return Ok(Ok(()));
             }
             assert!(
                 !self.eof,
                 "the relay closed the connection in the handshake (raw {})",
                 self.raw_after_error
             );
-            h.turn(Duration::from_millis(1));
+            Err("handshaking".to_string())
+        });
+        if outcome.is_ok() {
+            h.settle();
         }
-        panic!("the TLS handshake never finished");
+        outcome
     }
 
     /// Writes what rustls has to send, reads what the socket has, and
@@ -201,19 +200,18 @@ impl TlsClient {
     /// they are on the wire and the relay's socket has taken them.
     pub fn send(&mut self, h: &mut Harness, bytes: &[u8]) {
         let mut at = 0;
-        for _ in 0..PATIENCE_TURNS {
+        h.wait_for("the relay reading what a TLS client sent", |_| {
             if at < bytes.len() {
                 at += self.tls.writer().write(&bytes[at..]).unwrap();
             }
             self.pump();
             if at == bytes.len() && !self.tls.wants_write() {
-                h.settle();
-                return;
+                return Ok(());
             }
             assert!(!self.eof, "the relay closed the connection");
-            h.turn(Duration::from_millis(1));
-        }
-        panic!("the relay stopped reading");
+            Err(format!("{at} of {} bytes taken", bytes.len()))
+        });
+        h.settle();
     }
 
     pub fn send_frame(&mut self, h: &mut Harness, opcode: u8, payload: &[u8]) {
@@ -225,23 +223,23 @@ impl TlsClient {
     }
 
     /// Waits for an HTTP response head; returns its status and text.
-    pub fn response_head(&mut self, h: &mut Harness) -> (u16, String) {
-        for _ in 0..PATIENCE_TURNS {
+    pub fn response(&mut self, h: &mut Harness) -> (u16, String) {
+        let end = h.wait_for("an HTTP response head over TLS", |_| {
             self.pump();
             if let Some(end) = find(&self.plain, b"\r\n\r\n") {
-                let head: Vec<u8> = self.plain.drain(..end + 4).collect();
-                let head = String::from_utf8(head).expect("response head is text");
-                let status = head[9..12].parse().expect("status code");
-                return (status, head);
+                return Ok(end + 4);
             }
             assert!(
                 !self.eof && self.error.is_none(),
                 "connection closed before a response ({:?})",
                 self.error
             );
-            h.turn(Duration::from_millis(1));
-        }
-        panic!("no response head arrived");
+            Err(format!("{} bytes of a head", self.plain.len()))
+        });
+        let head: Vec<u8> = self.plain.drain(..end).collect();
+        let head = String::from_utf8(head).expect("response head is text");
+        let status = head[9..12].parse().expect("status code");
+        (status, head)
     }
 
     /// Sends a WebSocket upgrade on `path` with `headers` and `Host: host`;
@@ -256,23 +254,26 @@ impl TlsClient {
         let head =
             upgrade_head(path, headers).replace("Host: relay.test", &format!("Host: {host}"));
         self.send(h, head.as_bytes());
-        self.response_head(h)
+        self.response(h)
     }
 
     /// Waits for the next WebSocket frame.
     pub fn recv(&mut self, h: &mut Harness) -> Msg {
-        for _ in 0..PATIENCE_TURNS {
-            if let Some(msg) = self.frames.take(&mut self.plain) {
-                return msg;
-            }
+        h.wait_for("a frame over TLS", |_| {
             self.pump();
-            if let Some(msg) = self.frames.take(&mut self.plain) {
-                return msg;
+            let plain = std::mem::take(&mut self.plain);
+            self.frames
+                .push(&plain)
+                .expect("the relay's frames are well-formed");
+            if let Some(msg) = self.frames.pop() {
+                return Ok(msg);
             }
             assert!(!self.eof, "connection closed while waiting for a frame");
-            h.turn(Duration::from_millis(1));
-        }
-        panic!("no frame arrived");
+            Err(format!(
+                "{} bytes of a partial frame",
+                self.frames.pending()
+            ))
+        })
     }
 
     /// The next frame that is not a ping or pong.
@@ -294,17 +295,14 @@ impl TlsClient {
 
     /// Waits until the relay ends the connection; says how.
     pub fn wait_end(&mut self, h: &mut Harness) -> Ending {
-        for _ in 0..PATIENCE_TURNS {
+        h.wait_for("the relay ending a TLS connection", |_| {
             self.pump();
-            if self.eof {
-                return match self.close_notify {
-                    true => Ending::CloseNotify,
-                    false => Ending::Eof,
-                };
+            match (self.eof, self.close_notify) {
+                (true, true) => Ok(Ending::CloseNotify),
+                (true, false) => Ok(Ending::Eof),
+                (false, _) => Err("still open".to_string()),
             }
-            h.turn(Duration::from_millis(1));
-        }
-        panic!("the relay never closed the connection");
+        })
     }
 
     /// Plaintext received and not yet taken as a response or frame.
@@ -322,15 +320,11 @@ impl TlsClient {
     /// Sends FIN and lets the relay turn until it has dropped its end.
     pub fn hang_up(&mut self, h: &mut Harness) {
         let _ = self.tcp.shutdown(std::net::Shutdown::Write);
-        let before = h.relay.stats().connections;
-        for _ in 0..PATIENCE_TURNS {
-            h.turn(Duration::from_millis(1));
-            if h.relay.stats().connections < before {
-                h.settle();
-                return;
-            }
-        }
-        panic!("the relay never dropped the connection");
+        let before = h.relay().stats().connections;
+        h.eventually("the relay dropping a TLS connection", |h| {
+            h.relay().stats().connections < before
+        });
+        h.settle();
     }
 
     /// Whether the relay's end of this connection is gone (after a settle).
