@@ -1,9 +1,10 @@
 //! SIGUSR2: upgrading in place without dropping anyone (`docs/UPGRADE.md`).
 //!
 //! ```text
-//!  Idle ──SIGUSR2──▶ Checking ──report ok──▶ Closing unmovable ──none left──▶ Ready ──end of turn──▶ exec
-//!   ▲                   │ exit ≠ 0, bad report,        │ (TLS: 1001, bounded flush)                  │ fails
-//!   └───────────────────┴── no answer in 5 s ──────────┴─────────────────────────────────────────────┘
+//!  Idle ──SIGUSR2──▶ Checking ──report ok──▶ Letting go ──nothing left──▶ Ready ──end of turn──▶ exec
+//!   ▲                 │ exit ≠ 0, bad report,    │ (TLS: 1001, wakes finish;                      │ fails
+//!   │                 │                          │  bounded)                                      │
+//!   └─────────────────┴── no answer in 5 s ──────┴────────────────────────────────────────────────┘
 //!                          (logged; serving never stopped)
 //! ```
 //!
@@ -19,8 +20,12 @@
 //! PROXY header, if any: the source it gave is its `client_ip`).
 //! Connections whose TLS the relay terminates cannot move (rustls state
 //! stays in this process): before the exec they are closed 1001
-//! "shutting down" and given up to [`UNMOVABLE_FLUSH`] to get that close
-//! out, while everything else is still served.
+//! "shutting down" and given up to [`LETTING_GO`] to get that close
+//! out, while everything else is still served. Push wakes in flight on
+//! the worker threads cannot move either (threads end at the exec): the
+//! same window lets them finish, so their outcomes are logged and
+//! counted; any still in flight after it are counted in the
+//! `upgrade_exec` line as `push_wakes_abandoned`.
 
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
@@ -40,8 +45,9 @@ use crate::handover::UpgradePlan;
 
 /// How often a running upgrade is looked at.
 const STEP: Duration = Duration::from_millis(10);
-/// How long connections that cannot move get to send their 1001.
-const UNMOVABLE_FLUSH: Duration = Duration::from_secs(1);
+/// How long connections that cannot move get to send their 1001, and
+/// push wakes in flight get to finish.
+const LETTING_GO: Duration = Duration::from_secs(1);
 
 /// The descriptor of a connection that can move to the new image, or
 /// `None` when its transport holds state in this process (TLS, or a PROXY
@@ -70,8 +76,9 @@ enum Step {
         child: Child,
         deadline: Instant,
     },
-    /// Connections that cannot move are being closed.
-    ClosingUnmovable { exe: Executable, until: Instant },
+    /// Connections that cannot move are being closed; push wakes in
+    /// flight are finishing.
+    LettingGo { exe: Executable, until: Instant },
     /// Hand over at the end of this turn.
     Ready { exe: Executable },
 }
@@ -120,8 +127,8 @@ impl Relay {
         self.timers.schedule(now + STEP, TimerKey::Upgrade);
     }
 
-    /// The upgrade timer: how is the check doing, are the unmovable
-    /// connections gone?
+    /// The upgrade timer: how is the check doing, has everything that
+    /// cannot move let go?
     pub(super) fn upgrade_step(&mut self) {
         let now = self.clock.now();
         let state = std::mem::take(&mut self.upgrade.state);
@@ -138,11 +145,11 @@ impl Relay {
                 child,
                 deadline,
             } => self.on_check(exe, child, deadline, now),
-            Step::ClosingUnmovable { exe, until } => {
-                if self.unmovable_left() == 0 || now >= until {
+            Step::LettingGo { exe, until } => {
+                if !self.holding_on() || now >= until {
                     self.upgrade.state = Step::Ready { exe };
                 } else {
-                    self.upgrade.state = Step::ClosingUnmovable { exe, until };
+                    self.upgrade.state = Step::LettingGo { exe, until };
                     self.timers.schedule(now + STEP, TimerKey::Upgrade);
                 }
             }
@@ -180,15 +187,16 @@ impl Relay {
                     "upgrade_check_passed version={} state_formats={:?}",
                     report.version, report.state_formats
                 );
-                self.close_unmovable(exe);
+                self.let_go(exe);
             }
             Err(why) => self.refuse(&format!("check_failed why={why:?}")),
         }
     }
 
-    /// Closes every connection that cannot move: requests still in their
-    /// head are dropped, WebSockets are closed 1001 "shutting down".
-    fn close_unmovable(&mut self, exe: Executable) {
+    /// Closes every connection that cannot move — requests still in their
+    /// head are dropped, WebSockets are closed 1001 "shutting down" — and
+    /// waits, up to [`LETTING_GO`], for them and for push wakes in flight.
+    fn let_go(&mut self, exe: Executable) {
         for handle in self.conns.handles() {
             let Some(conn) = self.conns.get(handle) else {
                 continue;
@@ -202,14 +210,20 @@ impl Relay {
                 _ => {}
             }
         }
-        let until = self.clock.now() + UNMOVABLE_FLUSH;
-        self.upgrade.state = if self.unmovable_left() == 0 {
+        let until = self.clock.now() + LETTING_GO;
+        self.upgrade.state = if !self.holding_on() {
             Step::Ready { exe }
         } else {
             self.timers
                 .schedule(until.min(self.clock.now() + STEP), TimerKey::Upgrade);
-            Step::ClosingUnmovable { exe, until }
+            Step::LettingGo { exe, until }
         };
+    }
+
+    /// Whether something that cannot move is still here: a connection
+    /// (TLS, or a PROXY header not yet complete) or a push wake in flight.
+    fn holding_on(&self) -> bool {
+        self.unmovable_left() > 0 || self.wakes_in_flight() > 0
     }
 
     fn unmovable_left(&self) -> usize {
@@ -262,10 +276,11 @@ impl Relay {
         let ms = |from: u64, to: u64| (to - from) as f64 / 1e6;
         let now = monotonic_ns();
         info!(
-            "upgrade_exec exe={:?} connections={} slots={} state_bytes={} snapshot_ms={:.3} take_ms={:.3} encode_ms={:.3} write_ms={:.3}",
+            "upgrade_exec exe={:?} connections={} slots={} push_wakes_abandoned={} state_bytes={} snapshot_ms={:.3} take_ms={:.3} encode_ms={:.3} write_ms={:.3}",
             exe.path.display().to_string(),
             snapshot.conns.len(),
             snapshot.slots.len(),
+            self.wakes_in_flight(),
             bytes.len(),
             ms(taken_at, now),
             ms(taken_at, taken),

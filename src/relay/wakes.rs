@@ -34,6 +34,11 @@ impl Relay {
         }
     }
 
+    /// Wakes handed to a worker whose outcome has not been logged yet.
+    pub(super) fn wakes_in_flight(&self) -> usize {
+        self.push.as_ref().map_or(0, Push::in_flight)
+    }
+
     /// The workers' waker fired: log and count every finished wake.
     pub(super) fn on_wake_outcomes(&mut self) {
         let Some(push) = self.push.as_mut() else {
