@@ -1,6 +1,6 @@
-//! A small hashed timer wheel: every deadline of the relay (handshake,
-//! ping, pong, message, output stall, close handshake, conflict probe,
-//! grace window, shutdown drain) is one entry here.
+//! A small hashed timer wheel: every deadline of the relay (a connection's,
+//! a grace window's end, the shutdown drain, and the periodic sweep, trim,
+//! accept back-off and upgrade steps) is one entry here.
 //!
 //! Time is cut into 10 ms ticks; an entry sits in slot `tick % SLOTS` and
 //! fires once the clock has reached its tick. Cancelling is lazy: the owner

@@ -1,15 +1,15 @@
 //! Deadlines and the heartbeat (SPEC §2, §4, §6, §9): the relay's pings,
-//! the peers' pings and pongs, and every timer. Each connection keeps its deadlines in
-//! its own fields (`lifecycle.rs: Deadlines`) and the wheel holds only the
-//! earliest; when that fires, every deadline that is due is acted on and
-//! the next one is armed. Moving a deadline later costs nothing; only an
-//! earlier one adds a wheel entry, and the stale entry is ignored when it
-//! fires. Connections the relay is not reading (backpressure, a waiting
-//! challenger) are not blamed for silence: their pong and message
-//! deadlines are pushed back.
+//! the peers' pings and pongs, and every timer. Each connection keeps its
+//! deadlines in its own fields (`lifecycle.rs: Deadlines`) and the wheel
+//! holds only the earliest; when that fires, every deadline that is due is
+//! acted on and the next one is armed. Moving a deadline later costs
+//! nothing; only an earlier one adds a wheel entry, and the stale entry is
+//! ignored when it fires. Connections the relay is not reading are not
+//! blamed for silence: their pong and message deadlines are pushed back.
 //!
-//! The other timers: a grace window's end, the shutdown drain, the
-//! rate-limiter sweep, and the end of an accept back-off.
+//! The other timers: a grace window's end, the shutdown drain, the sweep
+//! of idle rate-limit and push buckets, the memory trim (`trim.rs`), the
+//! end of an accept back-off, and an upgrade's steps (`handover.rs`).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};

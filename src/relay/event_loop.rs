@@ -1,7 +1,6 @@
-//! The turn of the loop: poll, dispatch each readiness event, read what
-//! was resumed, fire due timers, flush once. Also accepting connections
-//! (with a back-off when out of descriptors), signals, the helpers' waker
-//! and the start of a graceful shutdown.
+//! The turn of the loop (below); also accepting connections (with a
+//! back-off when out of descriptors), signals, the helpers' waker and the
+//! start of a graceful shutdown.
 //!
 //! ```text
 //! Relay::turn
@@ -15,6 +14,7 @@
 //!  4. fire the due timers
 //!  5. flush every connection that got output this turn, once
 //!  6. (manual clock) parked POST /clock/advance requests: catch up, advance, answer
+//!  7. an upgrade that is ready re-executes in place (`handover.rs`)
 //! ```
 
 use std::io::ErrorKind;
@@ -30,7 +30,7 @@ use super::lifecycle::Conn;
 use super::Relay;
 use crate::proxy_protocol::HEADER_DEADLINE;
 
-/// Tokens that are neither connections (below `usize::MAX - 16`, see
+/// Tokens that are neither connections (at most `usize::MAX - 16`, see
 /// `conns.rs`) nor listeners (the top [`super::MAX_LISTENERS`], see
 /// `listeners.rs`).
 pub(super) const SIGNALS: Token = Token(usize::MAX - 8);

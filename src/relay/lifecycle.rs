@@ -3,16 +3,17 @@
 //! this file.
 //!
 //! ```text
-//! accept ─▶ Head ──(healthz / 404 / 4xx / 503 / 408)─────────────────────────────▶ Draining ─▶ gone
+//! accept ─▶ Head ──(HTTP answer: healthz, metrics, 404, 4xx, 503, 408; or a TLS alert)──▶ Draining ─▶ gone
 //!            │ │└──(101, then refused: 4404 / 4409 / 4429)──▶ Closing
-//!            │ └───(EOF, error)────────────────────────────────────────────────────────────────▶ gone
+//!            │ └───(EOF, error; silent close: PROXY refused, handshake unfinished at its deadline)──▶ gone
 //!            │ 101
 //!            ▼
-//!          Open(Peer) ──(relay closes: code sent)──▶ Closing ─(peer's close, or a protocol error)─▶ Draining ─▶ gone
-//!            │ │ └────(peer closes: echo sent)─────────────────────────────────────────▶ Draining
-//!            │ └──────(protocol error: close sent)────────────────────────────────────▶ Draining
-//!            └────────(EOF, error, output stalled)──────────────────────────────────────────────────▶ gone
-//!          Open(Challenger) ──(probe unanswered or holder gone)──▶ Open(Binary)
+//!          Open(Peer) ──(relay closes: code sent)──▶ Closing ──(peer's close, or a protocol error)──▶ Draining ─▶ gone
+//!            │ │ └────(peer closes: echo sent)────────────────────────────────────▶ Draining
+//!            │ └──────(protocol error: close sent)───────────────────────────────▶ Draining
+//!            └────────(EOF, error, output stalled)───────────────────────────────────────────────────▶ gone
+//!          Open(Challenger) ──(probe unanswered, or holder gone)──▶ Open(Binary)
+//!          Closing, Draining ──(EOF, error, close deadline, output stalled, end of the shutdown drain)──▶ gone
 //! ```
 //!
 //! [`Conn::enter`] is the only writer of a connection's phase; its `match`

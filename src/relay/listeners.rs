@@ -3,8 +3,8 @@
 //! ([`Recipe`]: PROXY header, TLS, or plain TCP).
 //!
 //! Listeners take the mio tokens at the very top of the token space, one
-//! each, below nothing: token `usize::MAX - index`. Connection tokens stay
-//! below `usize::MAX - 16` (`conns.rs`), the signal and waker tokens sit
+//! each, below nothing: token `usize::MAX - index`. Connection tokens are
+//! at most `usize::MAX - 16` (`conns.rs`), the signal and waker tokens sit
 //! just above that (`event_loop.rs`), so at most [`MAX_LISTENERS`] fit.
 
 use std::io;
