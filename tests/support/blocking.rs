@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use pyrycode_relay::fixture::{masked_frame, upgrade_head, Frame, FrameReader};
+use pyrycode_relay::fixture::{
+    binary_headers, envelope, masked_frame, phone_headers, upgrade_head, Frame, FrameReader,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
@@ -267,4 +269,37 @@ impl Wss {
             .clone()
             .into_owned()
     }
+}
+
+/// A binary and a phone of `server_id` over TLS to `addr`, each after its
+/// preface (a PROXY header, or nothing); both upgraded, one message
+/// exchanged each way.
+pub fn wss_pair(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    prefaces: [&[u8]; 2],
+    server_id: &str,
+) -> (Wss, Wss) {
+    let headers = [binary_headers(server_id), phone_headers(server_id)];
+    let [mut binary, mut phone] = [0, 1].map(|i| {
+        let mut ws = Wss::connect_tls(addr, config, "relay.test", prefaces[i]).unwrap();
+        let path = ["/v1/server", "/v1/client"][i];
+        let (status, head) = ws.upgrade(path, &headers[i], "relay.test");
+        assert_eq!(status, 101, "{path}: {head}");
+        ws
+    });
+    exchange(&mut binary, &mut phone, br#"{"hello":"wss"}"#);
+    (binary, phone)
+}
+
+/// `frame` from the phone to the binary (checking its envelope
+/// byte-exact) and back.
+pub fn exchange<S: Read + Write>(binary: &mut Ws<S>, phone: &mut Ws<S>, frame: &[u8]) {
+    phone.send_text(frame);
+    let wrapped = binary.recv_text();
+    let value: serde_json::Value = serde_json::from_slice(&wrapped).expect("envelope is JSON");
+    let conn_id = value["conn_id"].as_str().expect("conn_id").to_string();
+    assert_eq!(wrapped, envelope(&conn_id, frame), "envelope byte-exact");
+    binary.send_text(&envelope(&conn_id, frame));
+    assert_eq!(phone.recv_text(), frame);
 }

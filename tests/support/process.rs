@@ -269,6 +269,13 @@ impl RelayProcess {
         self.child.wait().expect("wait for the process")
     }
 
+    /// Stops the relay with SIGTERM and expects exit 0.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit();
+        assert_eq!(status.code(), Some(0), "{}", self.log_text());
+    }
+
     /// Kills the process now (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill the process");
@@ -322,6 +329,20 @@ pub fn run_to_exit(mut command: Command) -> (ExitStatus, String, String) {
     let status = child.wait().expect("wait for the process");
     let [stdout, stderr] = outputs;
     (status, stdout, stderr)
+}
+
+/// Runs `command` (a tool the tests use, such as haproxy or Pebble) with
+/// its stdout and stderr going to the file `log`; `missing` says which
+/// package provides it, for the panic if it cannot run.
+pub fn spawn_to_log(mut command: Command, log: &Path, missing: &str) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?} ({e}): {missing}"))
 }
 
 /// Runs the relay with exactly `args` to its exit ([`run_to_exit`]).
