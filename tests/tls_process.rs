@@ -29,6 +29,15 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Serving wss from the files `cert` and `key` on a free port, then `extra`.
+fn tls_args<'a>(cert: &'a Path, key: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let files = ["--tls-cert", path(cert), "--tls-key", path(key)];
+    let mut args = files.to_vec();
+    args.extend(["--https-listen", "127.0.0.1:0"]);
+    args.extend(extra);
+    args
+}
+
 #[test]
 fn wss_from_certificate_files_reloads_on_sighup_and_keeps_live_connections() {
     let dir = temp_dir("sighup");
@@ -37,18 +46,11 @@ fn wss_from_certificate_files_reloads_on_sighup_and_keeps_live_connections() {
     let first = ca.issue(&["relay.test"]);
     first.write(&cert, &key);
     let mut relay = RelayProcess::start_args(
-        &[
-            "--tls-cert",
-            path(&cert),
-            "--tls-key",
-            path(&key),
-            "--https-listen",
-            "127.0.0.1:0",
-            "--domain",
-            "relay.test",
-            "--metrics-listen",
-            "",
-        ],
+        &tls_args(
+            &cert,
+            &key,
+            &["--domain", "relay.test", "--metrics-listen", ""],
+        ),
         1,
     );
     let addr = relay.listening[0];
@@ -113,16 +115,7 @@ fn certificate_files_that_cannot_be_used_stop_the_start_with_exit_1() {
         (&cert, &other_key, "does not belong to the certificate"),
         (&key, &key, "no certificate"),
     ] {
-        let (status, _, log) = run_relay(&[
-            "--tls-cert",
-            path(cert),
-            "--tls-key",
-            path(key),
-            "--https-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "",
-        ]);
+        let (status, _, log) = run_relay(&tls_args(cert, key, &["--metrics-listen", ""]));
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(
             log.contains("tls_failed reason=") && log.contains(reason),
@@ -232,17 +225,11 @@ fn haproxy_send_proxy_v2_in_front_of_the_tls_listener_carries_the_client_address
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     ca.issue(&["relay.test"]).write(&cert, &key);
     let mut relay = RelayProcess::start_args(
-        &[
-            "--tls-cert",
-            path(&cert),
-            "--tls-key",
-            path(&key),
-            "--https-listen",
-            "127.0.0.1:0",
-            "--https-proxy-protocol",
-            "--metrics-listen",
-            "",
-        ],
+        &tls_args(
+            &cert,
+            &key,
+            &["--https-proxy-protocol", "--metrics-listen", ""],
+        ),
         1,
     );
     assert!(relay.log_text().contains("proxy_protocol=true"));
@@ -307,17 +294,11 @@ fn an_upgrade_closes_tls_connections_1001_and_serves_tls_on_the_same_listener_af
     let issued = ca.issue(&["relay.test"]);
     issued.write(&cert, &key);
     let mut relay = RelayProcess::start_args(
-        &[
-            "--tls-cert",
-            path(&cert),
-            "--tls-key",
-            path(&key),
-            "--https-listen",
-            "127.0.0.1:0",
-            "--https-proxy-protocol",
-            "--metrics-listen",
-            "",
-        ],
+        &tls_args(
+            &cert,
+            &key,
+            &["--https-proxy-protocol", "--metrics-listen", ""],
+        ),
         1,
     );
     let addr = relay.listening[0];
