@@ -16,43 +16,45 @@ mod tls_support;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use blocking::{exchange, wss_pair, Wss};
 use common::{binary_headers, Msg};
 use process::{free_port, run_relay, spawn_to_log, temp_dir, wait_listening, RelayProcess, WAIT};
 use rustls::version::{TLS12, TLS13};
-use tls_support::{client_config, TestCa};
+use tls_support::{client_config, Issued, TestCa};
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Serving wss from the files `cert` and `key` on a free port, then `extra`.
+/// A fresh directory, a CA, and a relay.test certificate it issued,
+/// written to `cert.pem` and `key.pem` there: `(dir, ca, issued, cert, key)`.
+fn files(name: &str) -> (PathBuf, TestCa, Issued, PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let ca = TestCa::new("relay test root");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let issued = ca.issue(&["relay.test"]);
+    issued.write(&cert, &key);
+    (dir, ca, issued, cert, key)
+}
+
+/// Serving wss from the files `cert` and `key` on a free port, no
+/// `/metrics`, then `extra`.
 fn tls_args<'a>(cert: &'a Path, key: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let files = ["--tls-cert", path(cert), "--tls-key", path(key)];
     let mut args = files.to_vec();
-    args.extend(["--https-listen", "127.0.0.1:0"]);
+    args.extend(["--https-listen", "127.0.0.1:0", "--metrics-listen", ""]);
     args.extend(extra);
     args
 }
 
 #[test]
 fn wss_from_certificate_files_reloads_on_sighup_and_keeps_live_connections() {
-    let dir = temp_dir("sighup");
-    let ca = TestCa::new("relay test root");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let first = ca.issue(&["relay.test"]);
-    first.write(&cert, &key);
-    let mut relay = RelayProcess::start_args(
-        &tls_args(
-            &cert,
-            &key,
-            &["--domain", "relay.test", "--metrics-listen", ""],
-        ),
-        1,
-    );
+    let (_, ca, first, cert, key) = files("sighup");
+    let args = tls_args(&cert, &key, &["--domain", "relay.test"]);
+    let mut relay = RelayProcess::start_args(&args, 1);
     let addr = relay.listening[0];
     assert!(
         relay.log_text().contains("tls=files"),
@@ -103,10 +105,7 @@ fn wss_from_certificate_files_reloads_on_sighup_and_keeps_live_connections() {
 
 #[test]
 fn certificate_files_that_cannot_be_used_stop_the_start_with_exit_1() {
-    let dir = temp_dir("badfiles");
-    let ca = TestCa::new("relay test root");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    ca.issue(&["relay.test"]).write(&cert, &key);
+    let (dir, ca, _, cert, key) = files("badfiles");
     let missing = dir.join("missing.pem");
     let other_key = dir.join("other.key");
     std::fs::write(&other_key, ca.issue(&["relay.test"]).key_pem).unwrap();
@@ -115,7 +114,7 @@ fn certificate_files_that_cannot_be_used_stop_the_start_with_exit_1() {
         (&cert, &other_key, "does not belong to the certificate"),
         (&key, &key, "no certificate"),
     ] {
-        let (status, _, log) = run_relay(&tls_args(cert, key, &["--metrics-listen", ""]));
+        let (status, _, log) = run_relay(&tls_args(cert, key, &[]));
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(
             log.contains("tls_failed reason=") && log.contains(reason),
@@ -220,18 +219,9 @@ impl Drop for Haproxy {
 
 #[test]
 fn haproxy_send_proxy_v2_in_front_of_the_tls_listener_carries_the_client_address() {
-    let dir = temp_dir("haproxy-tls");
-    let ca = TestCa::new("relay test root");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    ca.issue(&["relay.test"]).write(&cert, &key);
-    let mut relay = RelayProcess::start_args(
-        &tls_args(
-            &cert,
-            &key,
-            &["--https-proxy-protocol", "--metrics-listen", ""],
-        ),
-        1,
-    );
+    let (dir, ca, _, cert, key) = files("haproxy-tls");
+    let args = tls_args(&cert, &key, &["--https-proxy-protocol"]);
+    let mut relay = RelayProcess::start_args(&args, 1);
     assert!(relay.log_text().contains("proxy_protocol=true"));
     let haproxy = Haproxy::start(&dir, relay.listening[0]);
     let config = client_config(ca.roots(), &[b"http/1.1"], &[&TLS13]);
@@ -288,19 +278,9 @@ fn proxy_header(port: u16, to: SocketAddr) -> Vec<u8> {
 
 #[test]
 fn an_upgrade_closes_tls_connections_1001_and_serves_tls_on_the_same_listener_after() {
-    let dir = temp_dir("upgrade-tls");
-    let ca = TestCa::new("relay test root");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let issued = ca.issue(&["relay.test"]);
-    issued.write(&cert, &key);
-    let mut relay = RelayProcess::start_args(
-        &tls_args(
-            &cert,
-            &key,
-            &["--https-proxy-protocol", "--metrics-listen", ""],
-        ),
-        1,
-    );
+    let (_, ca, issued, cert, key) = files("upgrade-tls");
+    let args = tls_args(&cert, &key, &["--https-proxy-protocol"]);
+    let mut relay = RelayProcess::start_args(&args, 1);
     let addr = relay.listening[0];
     let config = client_config(ca.roots(), &[b"http/1.1"], &[&TLS13]);
     let (mut binary, _first_phone) =
