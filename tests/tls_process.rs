@@ -245,16 +245,7 @@ fn haproxy_send_proxy_v2_in_front_of_the_tls_listener_carries_the_client_address
 fn haproxy_send_proxy_v2_in_front_of_the_plain_listener() {
     use std::io::{Read, Write};
     let dir = temp_dir("haproxy-plain");
-    let mut relay = RelayProcess::start_args(
-        &[
-            "--insecure-listen",
-            "127.0.0.1:0",
-            "--proxy-protocol",
-            "--metrics-listen",
-            "",
-        ],
-        1,
-    );
+    let mut relay = RelayProcess::start(&["--proxy-protocol"]);
     let haproxy = Haproxy::start(&dir, relay.listening[0]);
     let mut client = std::net::TcpStream::connect(haproxy.front).unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();
@@ -307,16 +298,7 @@ fn an_upgrade_closes_tls_connections_1001_and_serves_tls_on_the_same_listener_af
 #[test]
 fn an_upgrade_moves_a_plain_connection_that_came_behind_a_proxy_header_with_its_source() {
     use std::io::{Read, Write};
-    let mut relay = RelayProcess::start_args(
-        &[
-            "--insecure-listen",
-            "127.0.0.1:0",
-            "--proxy-protocol",
-            "--metrics-listen",
-            "",
-        ],
-        1,
-    );
+    let mut relay = RelayProcess::start(&["--proxy-protocol"]);
     let addr = relay.listening[0];
     let mut binary = std::net::TcpStream::connect(addr).unwrap();
     binary.set_read_timeout(Some(WAIT)).unwrap();
