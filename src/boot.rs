@@ -39,13 +39,30 @@ pub struct Environment {
 impl Environment {
     /// Reads this process's environment.
     pub fn of_this_process() -> Environment {
+        Environment::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// Reads the variables through `get` (the process's environment, or
+    /// a test's list).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<OsString>) -> Environment {
         Environment {
-            production: std::env::var_os(PRODUCTION),
-            single_instance: std::env::var_os(SINGLE_INSTANCE),
-            fly_app_name: std::env::var_os(FLY_APP_NAME),
-            fcm_credentials: std::env::var_os(FCM_CREDENTIALS),
-            home: std::env::var_os("HOME"),
+            production: get(PRODUCTION),
+            single_instance: get(SINGLE_INSTANCE),
+            fly_app_name: get(FLY_APP_NAME),
+            fcm_credentials: get(FCM_CREDENTIALS),
+            home: get("HOME"),
         }
+    }
+
+    /// An environment holding exactly `pairs` (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Environment {
+        Environment::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        })
     }
 
     /// Checks the two switches and the single-instance rule; returns
@@ -196,19 +213,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Environment {
-        let get = |name: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| OsString::from(v))
-        };
-        Environment {
-            production: get(PRODUCTION),
-            single_instance: get(SINGLE_INSTANCE),
-            fly_app_name: get(FLY_APP_NAME),
-            fcm_credentials: get(FCM_CREDENTIALS),
-            home: get("HOME"),
-        }
+        Environment::from_pairs(pairs)
     }
 
     #[test]

@@ -15,31 +15,33 @@
 //!   the loop through the channel and the shared waker.
 //!
 //! Every wait is bounded. Pebble's output is in
-//! `$TMPDIR/relay-acme-loop-*-<pid>/*.log`.
+//! `$TMPDIR/relay-acme-*-<pid>/*.log`.
 
+#[path = "support/blocking.rs"]
+mod blocking;
 mod common;
 #[path = "support/pebble.rs"]
 mod pebble;
-#[path = "support/relay_process.rs"]
-mod relay_process;
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/tls.rs"]
 mod tls_support;
 #[path = "support/wss.rs"]
 mod wss;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{binary_headers, envelope, phone_headers, Harness};
-use pebble::{free_port, Pebble};
+use blocking::wss_pair;
+use common::{binary_headers, Harness};
+use pebble::Pebble;
+use process::{free_port, temp_dir, RelayProcess};
 use pyrycode_relay::acme::{Acme, AcmeConfig, ChallengeKind};
 use pyrycode_relay::proxy_protocol;
 use pyrycode_relay::tls::{self, CertResolver};
 use pyrycode_relay::transport::Recipe;
 use pyrycode_relay::{Listen, Origin};
-use relay_process::{RelayProcess, Wss};
 use rustls::pki_types::CertificateDer;
 use rustls::version::TLS13;
 use rustls::{ClientConfig, RootCertStore};
@@ -48,14 +50,6 @@ use wss::TlsClient;
 
 /// Longest wait for one certificate (validation, issuance, retries).
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(120);
-const WAIT: Duration = Duration::from_secs(10);
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("relay-acme-loop-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A client that trusts only `root`.
 fn trusting(root: &CertificateDer<'static>) -> Arc<ClientConfig> {
@@ -69,34 +63,14 @@ fn trusting(root: &CertificateDer<'static>) -> Arc<ClientConfig> {
 fn exchange_through(addr: SocketAddr, config: &Arc<ClientConfig>) -> Vec<CertificateDer<'static>> {
     let header =
         |port: u16| proxy_protocol::encode(SocketAddr::from(([203, 0, 113, 7], port)), addr, &[]);
-    let mut binary = Wss::connect(addr, config, "relay.test", &header(40001), WAIT).unwrap();
-    assert_eq!(
-        binary.upgrade("/v1/server", &binary_headers("srv-acme"), "relay.test"),
-        101
-    );
-    let mut phone = Wss::connect(addr, config, "relay.test", &header(40002), WAIT).unwrap();
-    assert_eq!(
-        phone.upgrade("/v1/client", &phone_headers("srv-acme"), "relay.test"),
-        101
-    );
-    phone.send_text(br#"{"type":"noise"}"#);
-    let wrapped: serde_json::Value = serde_json::from_slice(&binary.recv_text()).unwrap();
-    let conn_id = wrapped["conn_id"].as_str().unwrap().to_string();
-    binary.send_text(&envelope(&conn_id, br#"{"type":"reply"}"#));
-    assert_eq!(phone.recv_text(), br#"{"type":"reply"}"#);
-    binary
-        .stream
-        .conn
-        .peer_certificates()
-        .unwrap()
-        .iter()
-        .map(|c| c.clone().into_owned())
-        .collect()
+    let (binary, _phone) = wss_pair(addr, config, [&header(40001), &header(40002)], "srv-acme");
+    let chain = binary.stream.conn.peer_certificates().unwrap();
+    chain.iter().map(|c| c.clone().into_owned()).collect()
 }
 
 #[test]
 fn the_go_command_line_obtains_a_certificate_serves_wss_and_restarts_from_the_cache() {
-    let work = temp_dir("process");
+    let work = temp_dir("acme-process");
     let (http_port, https_port) = (free_port(false), free_port(false));
     let pebble = Pebble::start(&work, http_port, https_port);
     let root = pebble.root();
@@ -122,11 +96,11 @@ fn the_go_command_line_obtains_a_certificate_serves_wss_and_restarts_from_the_ca
         "--metrics-listen",
         "",
     ];
-    let mut relay = RelayProcess::start(&args, 2, WAIT);
+    let mut relay = RelayProcess::start_args(&args, 2);
     let addr = relay.listening[0];
     assert_eq!(addr.port(), https_port);
-    relay.wait_for("acme_certificate_obtained domain=relay.test", ISSUE_TIMEOUT);
-    relay.wait_for("tls_certificate_installed source=acme", WAIT);
+    relay.wait_logged_within("acme_certificate_obtained domain=relay.test", ISSUE_TIMEOUT);
+    relay.wait_logged("tls_certificate_installed source=acme");
     assert!(
         relay.log_text().contains("acme_http01_answered"),
         "{}",
@@ -141,22 +115,16 @@ fn the_go_command_line_obtains_a_certificate_serves_wss_and_restarts_from_the_ca
     relay.drain_log();
     let before = relay.log.len();
     relay.signal(libc::SIGUSR2);
-    relay.wait_for_after(before, "handover_restored", WAIT);
+    relay.wait_for_after(before, "handover_restored");
     let http01 = format!("listening addr=127.0.0.1:{http_port} serves=acme_http01");
-    relay.wait_for_after(before, &http01, WAIT);
+    relay.wait_for_after(before, &http01);
     assert_eq!(exchange_through(addr, &config), chain);
-    relay.signal(libc::SIGTERM);
-    assert_eq!(
-        relay.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        relay.log_text()
-    );
+    relay.stop();
 
     // Pebble is gone: the restart serves from the cache and asks no CA.
     drop(pebble);
-    let mut relay = RelayProcess::start(&args, 2, WAIT);
-    relay.wait_for("acme_cached_certificate domain=relay.test", WAIT);
+    let mut relay = RelayProcess::start_args(&args, 2);
+    relay.wait_logged("acme_cached_certificate domain=relay.test");
     let cached = exchange_through(relay.listening[0], &config);
     assert_eq!(cached, chain, "the cached chain is the one obtained");
     relay.drain_log();
@@ -165,18 +133,12 @@ fn the_go_command_line_obtains_a_certificate_serves_wss_and_restarts_from_the_ca
         "{}",
         relay.log_text()
     );
-    relay.signal(libc::SIGTERM);
-    assert_eq!(
-        relay.wait_exit(WAIT).code(),
-        Some(0),
-        "{}",
-        relay.log_text()
-    );
+    relay.stop();
 }
 
 #[test]
 fn tls_alpn01_is_answered_by_the_relays_loop_and_the_certificate_arrives_through_the_waker() {
-    let work = temp_dir("loop");
+    let work = temp_dir("acme-loop");
     let tls_port = free_port(false);
     // HTTP-01 is not offered: nothing listens on this port.
     let pebble = Pebble::start(&work, free_port(false), tls_port);

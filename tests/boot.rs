@@ -8,27 +8,17 @@
 //! The tests run as root (as CI does). The non-root cases run the relay
 //! through `setpriv` (util-linux) as uid/gid 65534, with or without
 //! ambient capabilities. Real time: a process that does not exit within
-//! [`WAIT`] fails the test.
+//! `process::WAIT` fails the test.
 
-use std::io::{BufRead, BufReader, Read};
+#[path = "support/process.rs"]
+mod process;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
 
-const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
-const WAIT: Duration = Duration::from_secs(5);
-
-/// The environment variables the relay reads; every test sets them itself.
-const RELAY_ENV: [&str; 4] = [
-    "PYRYCODE_RELAY_PRODUCTION",
-    "PYRYCODE_RELAY_SINGLE_INSTANCE",
-    "FLY_APP_NAME",
-    "PYRYCODE_RELAY_FCM_CREDENTIALS",
-];
+use process::{clean_command, copy_relay, run_to_exit, RelayProcess, PLAIN, RELAY};
 
 /// How the relay is run.
 #[derive(Clone, Copy)]
@@ -49,10 +39,7 @@ fn relay_for_anyone() -> &'static str {
         let dir = std::env::temp_dir().join(format!("{COPY_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = dir.join("pyrycode-relay");
-        std::fs::copy(RELAY, &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        copy
+        copy_relay(&dir)
     })
     .to_str()
     .unwrap()
@@ -84,7 +71,7 @@ fn remove_stale_copies() {
 
 fn command(who: As, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut command = match who {
-        As::Me => Command::new(RELAY),
+        As::Me => clean_command(RELAY),
         As::Nobody(caps) => {
             assert_eq!(
                 // SAFETY: geteuid has no preconditions.
@@ -92,7 +79,7 @@ fn command(who: As, env: &[(&str, &str)], args: &[&str]) -> Command {
                 0,
                 "these tests drop privileges, which needs root (CI runs as root)"
             );
-            let mut command = Command::new("setpriv");
+            let mut command = clean_command("setpriv");
             command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
             if !caps.is_empty() {
                 command.arg(format!("--inh-caps={caps}"));
@@ -102,50 +89,13 @@ fn command(who: As, env: &[(&str, &str)], args: &[&str]) -> Command {
             command
         }
     };
-    for name in RELAY_ENV {
-        command.env_remove(name);
-    }
-    command
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.envs(env.iter().copied()).args(args);
     command
 }
 
 /// Runs the relay to its exit; status, stdout, stderr.
 fn run(who: As, env: &[(&str, &str)], args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = command(who, env, args).spawn().expect("start the relay");
-    let (tx, rx) = mpsc::channel();
-    for (index, mut pipe) in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            let _ = tx.send((index, text));
-        });
-    }
-    let mut outputs = [String::new(), String::new()];
-    for _ in 0..2 {
-        match rx.recv_timeout(WAIT) {
-            Ok((index, text)) => outputs[index] = text,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`pyrycode-relay {}` did not exit", args.join(" "));
-            }
-        }
-    }
-    let status = child.wait().unwrap();
-    let [stdout, stderr] = outputs;
-    (status, stdout, stderr)
+    run_to_exit(command(who, env, args))
 }
 
 /// Asserts a boot refusal: exit 2, nothing on stdout, one line on stderr
@@ -175,42 +125,13 @@ fn starts(env: &[(&str, &str)], args: &[&str]) -> String {
 
 /// Runs `command` (the relay, or something that execs it) until its
 /// `listening` line, then stops it with SIGTERM and expects exit 0.
-fn starts_command(mut command: Command) -> String {
-    let mut child = command.spawn().expect("start the relay");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while !log.iter().any(|l: &String| l.contains("listening addr=")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => log.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no `listening` line for {command:?}: {log:#?}");
-            }
-        }
-    }
-    // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    while let Ok(line) = rx.recv_timeout(WAIT) {
-        log.push(line);
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{log:#?}");
-    log.join("\n")
+fn starts_command(command: Command) -> String {
+    let mut relay = RelayProcess::spawn(command, 1);
+    relay.signal(libc::SIGTERM);
+    let status = relay.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", relay.log_text());
+    relay.log_text()
 }
-
-/// The plain flags every started relay gets: a free port, no `/metrics`.
-const PLAIN: [&str; 4] = ["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""];
 
 /// Flags that pass every flag rule in production: TLS from files. The
 /// files are read only after every boot check, so these do not exist.
@@ -581,7 +502,7 @@ fn valid_tls_acme_and_proxy_settings_start() {
 fn plain_mode_without_a_listen_flag_starts_on_127_0_0_1_8080() {
     // In a network namespace of its own, so that 8080 is free whatever else
     // runs on this machine.
-    let mut command = Command::new("unshare");
+    let mut command = clean_command("unshare");
     command.args([
         "--net",
         "sh",
@@ -589,13 +510,6 @@ fn plain_mode_without_a_listen_flag_starts_on_127_0_0_1_8080() {
         "ip link set lo up && exec \"$0\" --metrics-listen ''",
         RELAY,
     ]);
-    for name in RELAY_ENV {
-        command.env_remove(name);
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
     let log = starts_command(command);
     assert!(log.contains("listening addr=127.0.0.1:8080 "), "{log}");
 }

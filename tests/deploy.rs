@@ -7,13 +7,15 @@
 //!   package `systemd`), has the hardening it promises, and its command
 //!   line passes every boot check of the relay in production mode.
 
+#[path = "support/process.rs"]
+mod process;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use process::{clean_command, copy_relay, run_to_exit, TempDir, RELAY};
 use pyrycode_relay::metrics::Metrics;
-
-const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
 
 fn deploy_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -293,58 +295,49 @@ fn the_units_command_line_passes_every_boot_check_in_production() {
     let exec = directive(&unit, "ExecStart")[0];
     let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
     // As the unit runs it: uid 65534 with CAP_NET_BIND_SERVICE, production.
-    let relay = relay_for_anyone();
-    let output = Command::new("setpriv")
+    let mut setpriv = setpriv(65534);
+    setpriv
         .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
             "--inh-caps=+net_bind_service",
             "--ambient-caps=+net_bind_service",
+        ])
+        .args([
             "--",
             "/bin/sh",
             "-c",
             "exec \"$0\" \"$@\" --metrics-listen ''",
-        ])
-        .arg(&relay)
-        .args(&args)
-        // The last value wins: a cache path that cannot be a directory
-        // stops the start right after the boot checks, before any port is
-        // bound or any CA is asked.
+        ]);
+    // The last value wins: a cache path that cannot be a directory stops
+    // the start right after the boot checks, before any port is bound or
+    // any CA is asked. Every check passes; what stops it is that path.
+    stops_at_the_cache(setpriv, &args, &[("PYRYCODE_RELAY_PRODUCTION", "1")]);
+}
+
+/// `setpriv` running its command as `uid` (and the same gid).
+fn setpriv(uid: u32) -> Command {
+    let mut command = clean_command("setpriv");
+    command.args([format!("--reuid={uid}"), format!("--regid={uid}")]);
+    command.arg("--clear-groups");
+    command
+}
+
+/// Runs a copy of the relay any uid may execute through `setpriv` with
+/// `args`, the environment `env` and `--cert-cache /dev/null` last;
+/// expects every boot check to pass and the start to stop at that cache
+/// path (exit 1).
+fn stops_at_the_cache(mut setpriv: Command, args: &[&str], env: &[(&str, &str)]) {
+    let dir = TempDir::new("deploy");
+    setpriv
+        .arg(copy_relay(dir.path()))
+        .args(args)
         .args(["--cert-cache", "/dev/null"])
-        .env("PYRYCODE_RELAY_PRODUCTION", "1")
-        .env_remove("PYRYCODE_RELAY_SINGLE_INSTANCE")
-        .env_remove("FLY_APP_NAME")
-        .env_remove("PYRYCODE_RELAY_FCM_CREDENTIALS")
-        .output()
-        .expect("setpriv (util-linux)");
-    std::fs::remove_dir_all(relay.parent().unwrap()).unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // Every check passes; what stops it is the cache path given above.
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+        .envs(env.iter().copied());
+    let (status, _, stderr) = run_to_exit(setpriv);
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("certificate cache /dev/null is not a directory"),
         "{stderr}"
     );
-}
-
-/// A copy of the relay that any uid may execute, in a directory of its own
-/// (the caller removes it).
-fn relay_for_anyone() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pyrycode-relay-deploy-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.join("pyrycode-relay");
-    std::fs::copy(RELAY, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
 }
 
 #[test]
@@ -356,26 +349,17 @@ fn the_fly_manifests_command_line_passes_every_boot_check_on_fly() {
         .find_map(|line| line.trim().strip_prefix("app = \""))
         .and_then(|rest| rest.strip_suffix('"'))
         .expect("[processes] app = \"…\"");
-    let relay = relay_for_anyone();
     // As the image runs it: uid 65532, no capability, Fly's environment.
-    let output = Command::new("setpriv")
-        .args(["--reuid=65532", "--regid=65532", "--clear-groups", "--"])
-        .arg(&relay)
-        .args(argv.split_whitespace())
-        .args(["--metrics-listen", "", "--cert-cache", "/dev/null"])
-        .env("PYRYCODE_RELAY_PRODUCTION", "1")
-        .env("PYRYCODE_RELAY_SINGLE_INSTANCE", "1")
-        .env("FLY_APP_NAME", "pyrycode-relay")
-        .env_remove("PYRYCODE_RELAY_FCM_CREDENTIALS")
-        .output()
-        .expect("setpriv (util-linux)");
-    std::fs::remove_dir_all(relay.parent().unwrap()).unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("certificate cache /dev/null is not a directory"),
-        "{stderr}"
-    );
+    let mut setpriv = setpriv(65532);
+    setpriv.arg("--");
+    let mut args: Vec<&str> = argv.split_whitespace().collect();
+    args.extend(["--metrics-listen", ""]);
+    let env = [
+        ("PYRYCODE_RELAY_PRODUCTION", "1"),
+        ("PYRYCODE_RELAY_SINGLE_INSTANCE", "1"),
+        ("FLY_APP_NAME", "pyrycode-relay"),
+    ];
+    stops_at_the_cache(setpriv, &args, &env);
     for env in [
         "PYRYCODE_RELAY_SINGLE_INSTANCE = \"1\"",
         "PYRYCODE_RELAY_PRODUCTION = \"1\"",

@@ -5,12 +5,15 @@
 //! derives from the configuration.
 
 mod common;
+#[path = "support/process.rs"]
+mod process;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
+use process::{RelayProcess, WAIT};
 use pyrycode_relay::buffer::MAX_POOLED_BYTES;
 use pyrycode_relay::config::{Config, READ_CHUNK};
 use pyrycode_relay::Memory;

@@ -14,49 +14,36 @@
 //! assertions are the timer tests' windows, each a second or more wide
 //! on either side of the difference they detect.
 
+#[path = "support/blocking.rs"]
+mod blocking;
 mod common;
+#[path = "support/process.rs"]
+mod process;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{
-    binary_headers, envelope, masked_frame, phone_headers, upgrade_head, FrameReader, Msg,
+use blocking::{http, Ws};
+use common::{binary_headers, envelope, masked_frame, phone_headers, Msg};
+use process::{
+    clean_command, free_addr, relay_command, run_relay, run_to_exit, RelayProcess, TempDir, PLAIN,
+    RELAY,
 };
 
-const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
 /// The longest any one step may take before the test fails.
 const WAIT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------
 // The relay, run from a file the test can replace
 // ---------------------------------------------------------------------
-
-/// A directory of its own under the system's temporary directory.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("relay-handover-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temporary directory");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Puts a new file at `path` the way a package upgrade does: written
 /// beside it, then renamed over it. `extra` makes its bytes differ from
@@ -76,99 +63,34 @@ fn install_script(path: &Path, script: &str) {
     install(path, &staged, b"", 0o755);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct RelayProcess {
-    child: Child,
+/// The relay run from a copy in a directory of its own, with a metrics
+/// listener on a fixed free port.
+struct Upgradable {
+    relay: RelayProcess,
     exe: PathBuf,
-    addr: SocketAddr,
     metrics: SocketAddr,
-    lines: Receiver<String>,
-    log: Vec<String>,
     _dir: TempDir,
 }
 
-impl RelayProcess {
+impl Upgradable {
     /// Copies the relay to a temporary directory and starts it from there.
-    fn start(tag: &str, extra: &[&str]) -> RelayProcess {
-        let dir = TempDir::new(tag);
-        let exe = dir.0.join("pyrycode-relay");
+    fn start(tag: &str, extra: &[&str]) -> Upgradable {
+        let dir = TempDir::new(&format!("handover-{tag}"));
+        let exe = dir.path().join("pyrycode-relay");
         install(&exe, Path::new(RELAY), b"", 0o755);
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(&exe)
+        let metrics = free_addr();
+        let mut command = clean_command(&exe);
+        command
             .args(["--insecure-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--rate-limit-burst", "1000"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the relay");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut relay = RelayProcess {
-            child,
+            .args(extra);
+        Upgradable {
+            relay: RelayProcess::spawn_within(command, 1, WAIT),
             exe,
-            addr: "127.0.0.1:1".parse().unwrap(),
             metrics,
-            lines,
-            log: Vec::new(),
             _dir: dir,
-        };
-        let line = relay.wait_log("listening addr=", 1);
-        let addr = line.split("listening addr=").nth(1).unwrap();
-        relay.addr = addr.split_whitespace().next().unwrap().parse().unwrap();
-        relay
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Waits until `count` log lines contain `needle`; returns the last.
-    fn wait_log(&mut self, needle: &str, count: usize) -> String {
-        let deadline = Instant::now() + WAIT;
-        while self.count(needle) < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
-                Err(err) => panic!(
-                    "waited for {count} log line(s) with {needle:?} ({err:?}); log:\n{}",
-                    self.log.join("\n")
-                ),
-            }
         }
-        self.log
-            .iter()
-            .rev()
-            .find(|l| l.contains(needle))
-            .unwrap()
-            .clone()
     }
 
     /// What `/proc/PID/exe` is: its target and its inode.
@@ -177,71 +99,34 @@ impl RelayProcess {
         let target = std::fs::read_link(&link).expect("read /proc/PID/exe");
         (target, std::fs::metadata(&link).unwrap().ino())
     }
+}
 
-    fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the relay exited; log:\n{}",
-            self.log.join("\n")
-        );
+impl Deref for Upgradable {
+    type Target = RelayProcess;
+    fn deref(&self) -> &RelayProcess {
+        &self.relay
     }
 }
 
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl DerefMut for Upgradable {
+    fn deref_mut(&mut self) -> &mut RelayProcess {
+        &mut self.relay
     }
 }
 
-/// One HTTP GET on a fresh connection; the body up to EOF.
+/// One HTTP GET on a fresh connection; the response up to EOF.
 fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect for HTTP");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: relay.test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("HTTP response");
-    text
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay.test\r\n\r\n");
+    let (_, head, body) = http(addr, &request);
+    head + &String::from_utf8_lossy(&body)
 }
 
 // ---------------------------------------------------------------------
-// A blocking WebSocket peer; any close or error fails the test
+// The suite's WebSocket peers (`support/blocking.rs`); any close or error
+// fails the test
 // ---------------------------------------------------------------------
-
-struct Ws {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    frames: FrameReader,
-}
 
 impl Ws {
-    fn connect(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Ws {
-        let mut stream = TcpStream::connect(addr).expect("connect to the relay");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .write_all(upgrade_head(path, headers).as_bytes())
-            .unwrap();
-        let mut buf = Vec::new();
-        let at = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).expect("upgrade response");
-            assert!(n > 0, "EOF before the 101");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..at]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-        buf.drain(..at);
-        Ws {
-            stream,
-            buf,
-            frames: FrameReader::new(),
-        }
-    }
-
     fn binary(addr: SocketAddr, server_id: &str) -> Ws {
         Ws::connect(addr, "/v1/server", &binary_headers(server_id))
     }
@@ -259,42 +144,6 @@ impl Ws {
         };
         let value: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
         (phone, value["conn_id"].as_str().unwrap().to_string())
-    }
-
-    /// The next frame in what was read so far.
-    fn take_frame(&mut self) -> Option<Msg> {
-        let bytes = std::mem::take(&mut self.buf);
-        self.frames
-            .push(&bytes)
-            .expect("the relay's frames are well-formed");
-        self.frames.pop()
-    }
-
-    fn send(&mut self, opcode: u8, payload: &[u8]) {
-        self.stream
-            .write_all(&masked_frame(opcode, true, payload))
-            .expect("send a frame");
-    }
-
-    /// The next frame; panics on EOF, a reset or after [`WAIT`].
-    fn recv(&mut self) -> Msg {
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return frame;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("EOF: the relay closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => panic!("no frame: {err}"),
-            }
-        }
-    }
-
-    fn split(self) -> (Ws, TcpStream) {
-        let writer = self.stream.try_clone().unwrap();
-        (self, writer)
     }
 }
 
@@ -481,7 +330,7 @@ fn exchange_one(addr: SocketAddr, server_id: &str) {
 
 #[test]
 fn pairs_exchanging_through_an_upgrade_lose_nothing_and_see_no_close() {
-    let mut relay = RelayProcess::start("pairs", &["--ping-interval", "60s"]);
+    let mut relay = Upgradable::start("pairs", &["--ping-interval", "60s"]);
     let pid = relay.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let pairs: Vec<Pair> = (0..4)
@@ -499,14 +348,14 @@ fn pairs_exchanging_through_an_upgrade_lose_nothing_and_see_no_close() {
     assert_ne!(relay.running_file().1, new_inode);
     relay.signal(libc::SIGUSR2);
     relay.signal(libc::SIGUSR2); // a second one, while the first runs
-    relay.wait_log("handover_restored", 1);
+    relay.wait_count("handover_restored", 1);
     for pair in &pairs {
         pair.wait_progress(200, "after the upgrade");
     }
     relay.assert_alive();
     assert_eq!(relay.pid(), pid);
     assert_eq!(relay.running_file(), (new_path, new_inode), "/proc/PID/exe");
-    let restored = relay.wait_log("handover_restored", 1);
+    let restored = relay.wait_count("handover_restored", 1);
     assert!(restored.contains("connections=8 "), "{restored}");
     let health = http_get(relay.addr, "/healthz");
     assert!(
@@ -540,7 +389,7 @@ fn pairs_exchanging_through_an_upgrade_lose_nothing_and_see_no_close() {
 
 #[test]
 fn a_grace_window_and_a_pong_deadline_end_on_their_old_schedule() {
-    let mut relay = RelayProcess::start(
+    let mut relay = Upgradable::start(
         "timers",
         &[
             "--grace-period",
@@ -569,7 +418,7 @@ fn a_grace_window_and_a_pong_deadline_end_on_their_old_schedule() {
     // and of the 3 s pong wait.
     thread::sleep(Duration::from_millis(1500));
     relay.signal(libc::SIGUSR2);
-    relay.wait_log("handover_restored", 1);
+    relay.wait_count("handover_restored", 1);
 
     let (code, at) = silent_closed.0.recv_timeout(WAIT).expect("heartbeat close");
     assert_eq!(code, Some(1011), "the silent phone: heartbeat timeout");
@@ -617,7 +466,7 @@ type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
 
 #[test]
 fn a_failed_upgrade_costs_no_connection() {
-    let mut relay = RelayProcess::start("failed", &["--ping-interval", "60s"]);
+    let mut relay = Upgradable::start("failed", &["--ping-interval", "60s"]);
     let addr = relay.addr;
     let pid = relay.pid();
     let original = relay.running_file().1;
@@ -658,11 +507,11 @@ fn a_failed_upgrade_costs_no_connection() {
         if round == 2 {
             // The check sleeps 1 s: a second SIGUSR2 lands while it runs.
             let started = relay.count("upgrade_started");
-            relay.wait_log("upgrade_started", started + 1);
+            relay.wait_count("upgrade_started", started + 1);
             relay.signal(libc::SIGUSR2);
-            relay.wait_log("upgrade_busy", 1);
+            relay.wait_count("upgrade_busy", 1);
         }
-        let refused = relay.wait_log("upgrade_refused", round + 1);
+        let refused = relay.wait_count("upgrade_refused", round + 1);
         assert!(refused.contains(reason), "{what}: {refused}");
         pair.wait_progress(50, what);
         relay.assert_alive();
@@ -676,7 +525,7 @@ fn a_failed_upgrade_costs_no_connection() {
 
     install(&exe, Path::new(RELAY), b"\0fixed", 0o755);
     relay.signal(libc::SIGUSR2);
-    relay.wait_log("handover_restored", 1);
+    relay.wait_count("handover_restored", 1);
     pair.wait_progress(50, "after the good upgrade");
     stop.store(true, Ordering::SeqCst);
     pair.finish();
@@ -686,31 +535,21 @@ fn a_failed_upgrade_costs_no_connection() {
 
 #[test]
 fn check_mode_reports_the_version_and_the_state_formats() {
-    let output = Command::new(RELAY)
-        .args(["--handover-check", "--grace-period", "1s"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (status, stdout, _) = run_relay(&["--handover-check", "--grace-period", "1s"]);
+    assert!(status.success());
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(report["state_formats"], serde_json::json!([1]));
-    let bad = Command::new(RELAY)
-        .args(["--handover-check", "--grace-period", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2), "a bad flag fails the check");
-    assert!(bad.stdout.is_empty());
+    let (status, stdout, _) = run_relay(&["--handover-check", "--grace-period", "soon"]);
+    assert_eq!(status.code(), Some(2), "a bad flag fails the check");
+    assert!(stdout.is_empty());
 }
 
 #[test]
 fn a_foreign_state_descriptor_is_refused_with_exit_1() {
-    let output = Command::new(RELAY)
-        .args(["--insecure-listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .env("PYRYCODE_RELAY_HANDOVER", "0")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = relay_command(&PLAIN);
+    command.env("PYRYCODE_RELAY_HANDOVER", "0");
+    let (status, _, stderr) = run_to_exit(command);
+    assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("handover_failed"), "{stderr}");
 }

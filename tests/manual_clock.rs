@@ -9,78 +9,36 @@
 //! produce before it writes the answer, so anything it wrongly sent would
 //! already be there.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
-use std::time::{Duration, Instant};
+#[path = "support/blocking.rs"]
+mod blocking;
+#[path = "support/process.rs"]
+mod process;
 
-use pyrycode_relay::buffer::Unpooled;
-use pyrycode_relay::fixture::{binary_headers, masked_frame, phone_headers, upgrade_head, Frame};
-use pyrycode_relay::ws::{OwnedEvent, Reader, Role};
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 
-const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
-/// The longest any one step may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
+use blocking::{http_text as http, Ws};
+use process::{free_addr, relay_command, run_to_exit, RelayProcess};
+use pyrycode_relay::fixture::{binary_headers, phone_headers, Frame};
 
-/// The relay started with `--manual-clock`; its stderr collected.
+/// The relay started with `--manual-clock`, and its control address.
 struct Relay {
-    child: Child,
-    addr: SocketAddr,
+    relay: RelayProcess,
     control: SocketAddr,
-    lines: Receiver<String>,
-    log: Vec<String>,
 }
 
 impl Relay {
     fn start(extra: &[&str]) -> Relay {
-        let mut child = Command::new(RELAY)
-            .args(["--insecure-listen", "127.0.0.1:0"])
+        let mut command = relay_command(&["--insecure-listen", "127.0.0.1:0"]);
+        command
             .args(["--metrics-listen", "127.0.0.1:0", "--manual-clock"])
-            .args(extra)
-            .env_remove("PYRYCODE_RELAY_PRODUCTION")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the relay");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let unset: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let mut relay = Relay {
-            child,
-            addr: unset,
-            control: unset,
-            lines,
-            log: Vec::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        while relay.addr == unset {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match relay.lines.recv_timeout(left) {
-                Ok(line) => line,
-                Err(err) => panic!("the relay did not start ({err:?}): {:#?}", relay.log),
-            };
-            relay.log.push(line.clone());
-            if let Some(rest) = line.split("control=http://").nth(1) {
-                let addr = rest.split('/').next().unwrap();
-                relay.control = addr.parse().expect("control address");
-            }
-            if let Some(rest) = line.split("listening addr=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap();
-                relay.addr = addr.parse().expect("listening address");
-            }
-        }
-        assert_ne!(relay.control, unset, "no control address: {:#?}", relay.log);
-        relay
+            .args(extra);
+        let mut relay = RelayProcess::spawn(command, 1);
+        let line = relay.wait_logged("control=http://");
+        let rest = line.split("control=http://").nth(1).unwrap();
+        let control = rest.split('/').next().unwrap();
+        let control = control.parse().expect("control address");
+        Relay { relay, control }
     }
 
     /// `POST /clock/advance?by=…`; returns the answer's `elapsed_ms`.
@@ -92,120 +50,22 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Relay {
+    type Target = RelayProcess;
+    fn deref(&self) -> &RelayProcess {
+        &self.relay
     }
 }
 
-/// One request on a fresh connection; the status and the body.
-fn http(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("a response up to EOF");
-    let status = response.get(9..12).and_then(|s| s.parse().ok());
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (
-        status.unwrap_or_else(|| panic!("not HTTP: {response:?}")),
-        body,
-    )
+impl DerefMut for Relay {
+    fn deref_mut(&mut self) -> &mut RelayProcess {
+        &mut self.relay
+    }
 }
 
 fn elapsed_ms(body: &str) -> u64 {
     let value: serde_json::Value = serde_json::from_str(body).expect("JSON");
     value["elapsed_ms"].as_u64().expect("elapsed_ms")
-}
-
-/// A blocking WebSocket client; frames decoded by the library's reader.
-struct Ws {
-    stream: TcpStream,
-    reader: Reader,
-    frames: Vec<Frame>,
-}
-
-impl Ws {
-    fn connect(addr: SocketAddr, path: &str, headers: &[(&'static str, String)]) -> Ws {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .write_all(upgrade_head(path, headers).as_bytes())
-            .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).expect("a response head");
-            head.push(byte[0]);
-        }
-        assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{:?}",
-            String::from_utf8_lossy(&head)
-        );
-        Ws {
-            stream,
-            reader: Reader::new(Role::Client),
-            frames: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, opcode: u8, payload: &[u8]) {
-        self.stream
-            .write_all(&masked_frame(opcode, true, payload))
-            .unwrap();
-    }
-
-    fn decode(&mut self, bytes: &[u8]) {
-        for event in self.reader.read_all(bytes, usize::MAX, &mut Unpooled) {
-            self.frames.push(match event {
-                OwnedEvent::Message {
-                    text: true,
-                    payload,
-                } => Frame::Text(payload),
-                OwnedEvent::Message { payload, .. } => Frame::Binary(payload),
-                OwnedEvent::Ping(payload) => Frame::Ping(payload),
-                OwnedEvent::Pong(payload) => Frame::Pong(payload),
-                OwnedEvent::Close { code, reason } => Frame::Close(code, reason),
-                OwnedEvent::Error(err) => panic!("a bad frame from the relay: {err:?}"),
-            });
-        }
-    }
-
-    /// The next frame, waiting at most [`WAIT`].
-    fn recv(&mut self) -> Frame {
-        while self.frames.is_empty() {
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("EOF while waiting for a frame"),
-                Ok(n) => self.decode(&chunk[..n]),
-                Err(err) => panic!("no frame: {err}"),
-            }
-        }
-        self.frames.remove(0)
-    }
-
-    /// The frames that have arrived by now, without waiting for more.
-    /// (The kernel may still be moving the relay's last bytes between
-    /// loopback sockets: give it a few yields, never a sleep.)
-    fn arrived(&mut self) -> Vec<Frame> {
-        self.stream.set_nonblocking(true).unwrap();
-        let mut chunk = [0u8; 4096];
-        for _ in 0..100 {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => self.decode(&chunk[..n]),
-                Err(err) if err.kind() == ErrorKind::WouldBlock => thread::yield_now(),
-                Err(err) => panic!("read failed: {err}"),
-            }
-        }
-        self.stream.set_nonblocking(false).unwrap();
-        std::mem::take(&mut self.frames)
-    }
 }
 
 #[test]
@@ -282,39 +142,25 @@ fn the_clock_is_logged_loudly_and_moves_only_when_told() {
         .find(|line| line.contains("manual_clock_enabled"))
         .expect("the manual clock is announced");
     assert!(warning.contains("WARN"), "{warning}");
-    relay.child.kill().unwrap();
+    relay.kill();
 }
 
 #[test]
 fn without_manual_clock_the_clock_paths_are_404() {
     // A production metrics listener needs a fixed port: take a free one.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|probe| probe.local_addr())
-        .expect("a free loopback port")
-        .to_string();
-    let mut child = Command::new(RELAY)
-        .args([
-            "--insecure-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            &free,
-        ])
-        .args(["--log-level", "debug"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the relay");
+    let free = free_addr().to_string();
+    let args = [
+        "--insecure-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &free,
+    ];
+    let mut command = relay_command(&args);
+    command.args(["--log-level", "debug"]);
     // The metrics port is not logged without --manual-clock: find it as
     // the second listening socket of the child in /proc.
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.expect("a log line").contains("listening addr=") {
-            break;
-        }
-    }
-    let metrics = listening_ports(child.id())
+    let relay = RelayProcess::spawn(command, 1);
+    let metrics = listening_ports(relay.pid())
         .into_iter()
         .find(|addr| {
             let (status, _) = http(*addr, "GET /metrics HTTP/1.1\r\n\r\n");
@@ -327,8 +173,6 @@ fn without_manual_clock_the_clock_paths_are_404() {
     ] {
         assert_eq!(http(metrics, request).0, 404, "{request}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -345,20 +189,13 @@ fn a_manual_clock_is_refused_in_production_and_without_a_control_listener() {
             "--metrics-listen",
         ),
     ] {
-        let mut command = Command::new(RELAY);
-        command
-            .args(["--insecure-listen", "127.0.0.1:0"])
-            .args(args);
-        match env {
-            Some(value) => command.env("PYRYCODE_RELAY_PRODUCTION", value),
-            None => command.env_remove("PYRYCODE_RELAY_PRODUCTION"),
-        };
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the relay");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        let mut command = relay_command(&["--insecure-listen", "127.0.0.1:0"]);
+        command.args(args);
+        if let Some(value) = env {
+            command.env("PYRYCODE_RELAY_PRODUCTION", value);
+        }
+        let (status, _, stderr) = run_to_exit(command);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(says), "{stderr}");
     }

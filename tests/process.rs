@@ -1,213 +1,19 @@
 //! End to end with the real executable (SPEC §9, §10): flags, the
 //! `listening` log line, a binary and a phone exchanging frames over
 //! loopback, `/healthz`, SIGTERM and the exit codes, and what the logs
-//! must never contain. Real time: every wait is bounded by `WAIT`.
+//! must never contain. Real time: every wait is bounded
+//! (`support/process.rs`, `support/blocking.rs`).
 
-mod common;
+#[path = "support/blocking.rs"]
+mod blocking;
+#[path = "support/process.rs"]
+mod process;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::net::{TcpListener, TcpStream};
 
-use common::{envelope, masked_frame, upgrade_head, FrameReader, Msg, RelayProcess, WAIT};
-
-const RELAY: &str = env!("CARGO_BIN_EXE_pyrycode-relay");
-
-/// Runs the relay with exactly `args` to its exit; returns the status,
-/// stdout and stderr. Fails (and kills it) if it is still running after
-/// [`WAIT`].
-fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(RELAY)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the relay");
-    let (tx, rx) = mpsc::channel();
-    for (index, mut pipe) in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            let _ = tx.send((index, text));
-        });
-    }
-    let mut outputs = [String::new(), String::new()];
-    for _ in 0..2 {
-        match rx.recv_timeout(WAIT) {
-            Ok((index, text)) => outputs[index] = text,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`pyrycode-relay {}` did not exit", args.join(" "));
-            }
-        }
-    }
-    let status = child.wait().expect("wait for the relay");
-    let [stdout, stderr] = outputs;
-    (status, stdout, stderr)
-}
-
-// ---------------------------------------------------------------------
-// A small blocking WebSocket client
-// ---------------------------------------------------------------------
-
-struct Ws {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    frames: FrameReader,
-}
-
-fn tcp(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect to the relay");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.set_write_timeout(Some(WAIT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-/// Reads into `buf` until it holds `\r\n\r\n`; returns the head's length.
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
-    loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return at + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => panic!(
-                "EOF before a response head: {:?}",
-                String::from_utf8_lossy(buf)
-            ),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) => panic!("no response head: {err}"),
-        }
-    }
-}
-
-/// Status and head text of the response in front of `buf`, removed from it.
-fn take_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
-    let len = read_head(stream, buf);
-    let head = String::from_utf8(buf.drain(..len).collect()).expect("head is text");
-    let status = head[9..12].parse().expect("status code");
-    (status, head)
-}
-
-/// One HTTP request on a fresh connection; returns status, head and body
-/// (everything up to EOF).
-fn http(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
-    let mut stream = tcp(addr);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let (status, head) = take_head(&mut stream, &mut buf);
-    stream.read_to_end(&mut buf).expect("body up to EOF");
-    (status, head, buf)
-}
-
-impl Ws {
-    /// Upgrades on `path` with `headers`; asserts the 101.
-    fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Ws {
-        let mut stream = tcp(addr);
-        stream
-            .write_all(upgrade_head(path, headers).as_bytes())
-            .unwrap();
-        let mut buf = Vec::new();
-        let (status, head) = take_head(&mut stream, &mut buf);
-        assert_eq!(status, 101, "upgrade refused: {head}");
-        Ws {
-            stream,
-            buf,
-            frames: FrameReader::new(),
-        }
-    }
-
-    /// The next frame in what was read so far.
-    fn take_frame(&mut self) -> Option<Msg> {
-        let bytes = std::mem::take(&mut self.buf);
-        self.frames
-            .push(&bytes)
-            .expect("the relay's frames are well-formed");
-        self.frames.pop()
-    }
-
-    fn send(&mut self, opcode: u8, payload: &[u8]) {
-        self.stream
-            .write_all(&masked_frame(opcode, true, payload))
-            .expect("send a frame");
-    }
-
-    fn send_text(&mut self, payload: &[u8]) {
-        self.send(0x1, payload);
-    }
-
-    /// The next frame, waiting at most [`WAIT`].
-    fn recv(&mut self) -> Msg {
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return frame;
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("EOF while waiting for a frame"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => panic!("no frame arrived: {err}"),
-            }
-        }
-    }
-
-    /// The next frame that is not a ping or pong; pings are answered.
-    fn recv_data(&mut self) -> Msg {
-        loop {
-            match self.recv() {
-                Msg::Ping(payload) => self.send(0xA, &payload),
-                Msg::Pong(_) => {}
-                frame => return frame,
-            }
-        }
-    }
-
-    fn recv_text(&mut self) -> Vec<u8> {
-        match self.recv_data() {
-            Msg::Text(payload) => payload,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-
-    /// Expects a close frame, echoes it, and waits for EOF; returns the
-    /// code and reason.
-    fn expect_close(&mut self) -> (u16, String) {
-        let (code, reason) = match self.recv_data() {
-            Msg::Close(Some(code), reason) => (code, reason),
-            other => panic!("expected a close with a code, got {other:?}"),
-        };
-        self.send(0x8, &code.to_be_bytes());
-        self.wait_eof();
-        (code, reason)
-    }
-
-    fn wait_eof(&mut self) {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(err) if err.kind() == ErrorKind::ConnectionReset => return,
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => panic!("no EOF: {err}"),
-            }
-        }
-    }
-}
+use blocking::{http, Ws};
+use process::{free_addr, run_relay as run_to_exit, RelayProcess};
+use pyrycode_relay::fixture::{envelope, upgrade_head};
 
 /// The conn_id of a phone→binary envelope, checking the envelope is
 /// exactly `{"conn_id":…,"frame":<inner>}`.
@@ -459,13 +265,6 @@ fn a_listen_address_in_use_exits_1() {
     drop(taken);
 }
 
-/// A loopback address no socket is bound to right now (for `/metrics`,
-/// which refuses port 0).
-fn free_loopback_addr() -> SocketAddr {
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap()
-}
-
 /// The value of the one series named exactly `series` in a scrape.
 fn sample(text: &str, series: &str) -> f64 {
     let values: Vec<&str> = text
@@ -478,7 +277,7 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_are_scraped_over_http_with_exact_values_after_known_traffic() {
-    let metrics_addr = free_loopback_addr();
+    let metrics_addr = free_addr();
     let metrics_flag = metrics_addr.to_string();
     // A flag given twice takes its last value: this --metrics-listen wins.
     let mut relay =

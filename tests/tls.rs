@@ -17,7 +17,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::version::{TLS12, TLS13};
 use rustls::{ProtocolVersion, RootCertStore, ServerConnection};
 
-use support::{client_config, handshake, trusting_client, TestCa};
+use support::{client_config, handshake, legacy_client_hello, trusting_client, TestCa};
 
 const H2: &[u8] = b"h2";
 const HTTP11: &[u8] = b"http/1.1";
@@ -91,35 +91,6 @@ fn a_client_without_alpn_is_served_and_one_without_http11_is_refused() {
         matches!(error, rustls::Error::NoApplicationProtocol),
         "{error:?}"
     );
-}
-
-/// A ClientHello as a TLS 1.0/1.1-only client sends it: legacy version,
-/// no supported_versions extension.
-fn legacy_client_hello(version: u16) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&version.to_be_bytes());
-    body.extend_from_slice(&[0x5a; 32]); // random
-    body.push(0); // no session id
-    let suites: [u16; 4] = [0xc02b, 0xc02f, 0xc013, 0x002f];
-    body.extend_from_slice(&8u16.to_be_bytes());
-    for suite in suites {
-        body.extend_from_slice(&suite.to_be_bytes());
-    }
-    body.extend_from_slice(&[1, 0]); // null compression
-    let extensions: &[u8] = &[
-        0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17, // groups
-        0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, // point formats
-        0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04, // sig algs
-    ];
-    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    body.extend_from_slice(extensions);
-    let mut handshake = vec![1, 0];
-    handshake.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
 }
 
 /// Feeds a raw ClientHello to the server; returns its verdict and the

@@ -103,10 +103,8 @@ pub fn account_path(dir: &Path) -> PathBuf {
 /// error; whether it is still valid is for the caller to decide.
 pub fn load_certificate(dir: &Path, domain: &str) -> Result<Option<Cached>, AcmeError> {
     let path = certificate_path(dir, domain);
-    let text = match fs::read(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(AcmeError::Cache { path, error }),
+    let Some(text) = read_if_present(&path)? else {
+        return Ok(None);
     };
     let bad = |reason: String| AcmeError::BadCache {
         path: path.clone(),
@@ -121,6 +119,18 @@ pub fn load_certificate(dir: &Path, domain: &str) -> Result<Option<Cached>, Acme
         return Err(bad(format!("the certificate does not name {domain}")));
     }
     Ok(Some(Cached { certified, info }))
+}
+
+/// The bytes of the cache file at `path`, or `None` if there is none.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, AcmeError> {
+    match fs::read(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(AcmeError::Cache {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
 }
 
 /// Writes the certificate file of `domain`: key, then chain.
@@ -145,10 +155,8 @@ pub fn load_account(
     directory_url: &str,
 ) -> Result<Option<AccountCredentials>, AcmeError> {
     let path = account_path(dir);
-    let text = match fs::read(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(AcmeError::Cache { path, error }),
+    let Some(text) = read_if_present(&path)? else {
+        return Ok(None);
     };
     let bad = |reason: String| AcmeError::BadCache {
         path: path.clone(),

@@ -5,19 +5,7 @@ use super::*;
 use std::ffi::OsString;
 
 fn env(pairs: &[(&str, &str)]) -> Environment {
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| OsString::from(v))
-    };
-    Environment {
-        production: get("PYRYCODE_RELAY_PRODUCTION"),
-        single_instance: get("PYRYCODE_RELAY_SINGLE_INSTANCE"),
-        fly_app_name: get("FLY_APP_NAME"),
-        fcm_credentials: get("PYRYCODE_RELAY_FCM_CREDENTIALS"),
-        home: get("HOME"),
-    }
+    Environment::from_pairs(pairs)
 }
 
 fn settings_in(environment: &Environment, args: &[&str]) -> Result<Settings, String> {

@@ -145,20 +145,42 @@ pub struct ReaderState {
     pub fragments_text: bool,
 }
 
-/// Every deadline of a connection, as time remaining after the snapshot.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeadlinesState {
-    pub handshake: Option<Duration>,
-    pub next_ping: Option<Duration>,
-    pub pong: Option<Duration>,
-    pub message: Option<Duration>,
-    pub stall: Option<Duration>,
-    pub close: Option<Duration>,
-    pub probe: Option<Duration>,
+/// Every deadline a connection can have, each an `Option<T>`: an
+/// `Instant` in the running relay (`relay/lifecycle.rs: Deadlines`), the
+/// time remaining (`Duration`) in a snapshot ([`DeadlinesState`]). One
+/// struct for both, so a new deadline cannot be carried by one and
+/// forgotten by the other.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineSet<T> {
+    pub handshake: Option<T>,
+    pub next_ping: Option<T>,
+    pub pong: Option<T>,
+    pub message: Option<T>,
+    pub stall: Option<T>,
+    pub close: Option<T>,
+    pub probe: Option<T>,
 }
 
-impl DeadlinesState {
-    fn all(&self) -> [Option<Duration>; 7] {
+/// Every deadline of a connection, as time remaining after the snapshot.
+pub type DeadlinesState = DeadlineSet<Duration>;
+
+impl<T> Default for DeadlineSet<T> {
+    fn default() -> Self {
+        DeadlineSet {
+            handshake: None,
+            next_ping: None,
+            pong: None,
+            message: None,
+            stall: None,
+            close: None,
+            probe: None,
+        }
+    }
+}
+
+impl<T: Copy> DeadlineSet<T> {
+    /// Every deadline, set or not.
+    pub fn all(&self) -> [Option<T>; 7] {
         [
             self.handshake,
             self.next_ping,
@@ -168,6 +190,19 @@ impl DeadlinesState {
             self.close,
             self.probe,
         ]
+    }
+
+    /// The same set with every deadline that is set passed through `f`.
+    pub fn map<U>(&self, f: impl Fn(T) -> U) -> DeadlineSet<U> {
+        DeadlineSet {
+            handshake: self.handshake.map(&f),
+            next_ping: self.next_ping.map(&f),
+            pong: self.pong.map(&f),
+            message: self.message.map(&f),
+            stall: self.stall.map(&f),
+            close: self.close.map(&f),
+            probe: self.probe.map(&f),
+        }
     }
 }
 

@@ -50,6 +50,7 @@ use super::conns::Handle;
 pub use super::listeners::Origin;
 use super::Relay;
 use crate::buffer::{BufferPool, OutQueue};
+use crate::handover::snapshot::DeadlineSet;
 use crate::transport::{Refusal, Transport};
 use crate::ws::{self, close, FrameError, Reader};
 
@@ -82,32 +83,13 @@ pub enum Phase {
 }
 
 /// Every deadline a connection can have; the earliest is in the wheel.
-#[derive(Default, Debug)]
-pub struct Deadlines {
-    pub handshake: Option<Instant>,
-    pub next_ping: Option<Instant>,
-    pub pong: Option<Instant>,
-    pub message: Option<Instant>,
-    pub stall: Option<Instant>,
-    pub close: Option<Instant>,
-    pub probe: Option<Instant>,
-}
+/// (The snapshot carries the same set as time remaining.)
+pub type Deadlines = DeadlineSet<Instant>;
 
 impl Deadlines {
     /// The earliest deadline set.
     pub fn earliest(&self) -> Option<Instant> {
-        [
-            self.handshake,
-            self.next_ping,
-            self.pong,
-            self.message,
-            self.stall,
-            self.close,
-            self.probe,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.all().into_iter().flatten().min()
     }
 
     /// Only the deadlines of a connection whose WebSocket is ending: the

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -326,14 +326,5 @@ fn phase(state: &PhaseState, names: &mut Names) -> Phase {
 /// Time left becomes an instant of this clock (validated: no remaining
 /// time is long enough to overflow).
 fn deadlines(state: &DeadlinesState, now: Instant) -> Deadlines {
-    let at = |left: Option<Duration>| left.map(|left| now + left);
-    Deadlines {
-        handshake: at(state.handshake),
-        next_ping: at(state.next_ping),
-        pong: at(state.pong),
-        message: at(state.message),
-        stall: at(state.stall),
-        close: at(state.close),
-        probe: at(state.probe),
-    }
+    state.map(|left| now + left)
 }

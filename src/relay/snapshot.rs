@@ -138,16 +138,7 @@ fn phase_state(phase: &Phase) -> PhaseState {
 }
 
 fn deadlines_state(d: &Deadlines, now: Instant) -> DeadlinesState {
-    let left = |at: Option<Instant>| at.map(|at| at.saturating_duration_since(now));
-    DeadlinesState {
-        handshake: left(d.handshake),
-        next_ping: left(d.next_ping),
-        pong: left(d.pong),
-        message: left(d.message),
-        stall: left(d.stall),
-        close: left(d.close),
-        probe: left(d.probe),
-    }
+    d.map(|at| at.saturating_duration_since(now))
 }
 
 fn slot_state(

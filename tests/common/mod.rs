@@ -9,8 +9,10 @@
 //!   of the relay (`/healthz`, metrics);
 //! - `scenarios.rs`: the small scenarios many suites share (a binary and
 //!   its phones, one exchange each way, pings answered, closes expected);
-//! - `logs.rs`: the relay's log lines, captured per test;
-//! - `process.rs`: the real executable, for the tests that need a process.
+//! - `logs.rs`: the relay's log lines, captured per test.
+//!
+//! The tests that run the real executable use `tests/support/process.rs`
+//! instead (and `tests/support/blocking.rs` for their clients).
 #![allow(dead_code, unused_imports)]
 
 use std::str::FromStr;
@@ -20,11 +22,9 @@ use std::time::Duration;
 pub mod stream;
 
 mod logs;
-mod process;
 mod scenarios;
 
 pub use logs::{capture_logs, take_logs};
-pub use process::*;
 pub use scenarios::*;
 
 /// A frame the relay sent.

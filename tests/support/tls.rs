@@ -315,3 +315,32 @@ pub fn deliver(wire: &[u8], conn: &mut impl End) -> Result<(), rustls::Error> {
     }
     Ok(())
 }
+
+/// A ClientHello as a TLS 1.0/1.1-only client sends it: only `version`
+/// (TLS 1.0 is 0x0301, 1.1 0x0302), no supported_versions extension.
+pub fn legacy_client_hello(version: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&[0x5a; 32]); // random
+    body.push(0); // no session id
+    let suites: [u16; 4] = [0xc02b, 0xc02f, 0xc013, 0x002f];
+    body.extend_from_slice(&8u16.to_be_bytes());
+    for suite in suites {
+        body.extend_from_slice(&suite.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // null compression
+    let extensions: &[u8] = &[
+        0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17, // groups
+        0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, // point formats
+        0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04, // sig algs
+    ];
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(extensions);
+    let mut handshake = vec![1, 0];
+    handshake.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
