@@ -8,7 +8,9 @@
 //!   schedule (short timing flags);
 //! - a failed upgrade — the new file exits 1, is not executable, reads
 //!   only an unknown state version, or never answers — costs nothing, and
-//!   a second SIGUSR2 during a check is ignored.
+//!   a second SIGUSR2 during a check is ignored;
+//! - push wakes in flight finish before the exec, or are counted as
+//!   abandoned when FCM does not answer within the bounded second.
 //!
 //! Every wait is bounded and names what it waited for. The only timing
 //! assertions are the timer tests' windows, each a second or more wide
@@ -17,6 +19,7 @@
 #[path = "support/blocking.rs"]
 mod blocking;
 mod common;
+mod fake_http;
 #[path = "support/process.rs"]
 mod process;
 
@@ -33,6 +36,8 @@ use std::time::{Duration, Instant};
 
 use blocking::{http, Ws};
 use common::{binary_headers, envelope, masked_frame, phone_headers, Msg};
+use fake_http::google::{key_json, oauth_server, PRIVATE_KEY};
+use fake_http::{FakeServer, Reply, Stall};
 use process::{
     clean_command, free_addr, relay_command, run_relay, run_to_exit, RelayProcess, TempDir, PLAIN,
     RELAY,
@@ -75,6 +80,11 @@ struct Upgradable {
 impl Upgradable {
     /// Copies the relay to a temporary directory and starts it from there.
     fn start(tag: &str, extra: &[&str]) -> Upgradable {
+        Upgradable::start_with_env(tag, extra, &[])
+    }
+
+    /// [`Upgradable::start`] with environment variables `env` set.
+    fn start_with_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Upgradable {
         let dir = TempDir::new(&format!("handover-{tag}"));
         let exe = dir.path().join("pyrycode-relay");
         install(&exe, Path::new(RELAY), b"", 0o755);
@@ -84,7 +94,8 @@ impl Upgradable {
             .args(["--insecure-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--rate-limit-burst", "1000"])
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         Upgradable {
             relay: RelayProcess::spawn_within(command, 1, WAIT),
             exe,
@@ -531,6 +542,74 @@ fn a_failed_upgrade_costs_no_connection() {
     pair.finish();
     assert_eq!(relay.pid(), pid);
     assert_ne!(relay.running_file().1, original);
+}
+
+/// Push wakes run on worker threads, which end at the exec: the old image
+/// lets a wake in flight finish before it (its outcome logged and
+/// counted), and, when FCM does not answer within the bounded second,
+/// says in `upgrade_exec` how many it abandoned.
+#[test]
+fn push_wakes_in_flight_finish_before_the_exec_or_are_counted() {
+    let oauth = oauth_server(3600);
+    let stalls = Mutex::new(vec![Stall::default(), Stall::default()]);
+    let held: Arc<Mutex<Vec<Stall>>> = Arc::new(Mutex::new(Vec::new()));
+    let handed = held.clone();
+    // The first two wakes stall until released; later ones are sent.
+    let fcm = FakeServer::start(move |_| match stalls.lock().unwrap().pop() {
+        Some(stall) => {
+            handed.lock().unwrap().push(stall.clone());
+            Reply::Stall(stall)
+        }
+        None => Reply::json(200, r#"{"name":"projects/test-project/messages/1"}"#),
+    });
+    let key = key_json(PRIVATE_KEY, &oauth.url("/token"));
+    let endpoint = fcm.url("");
+    let mut relay = Upgradable::start_with_env(
+        "push",
+        &["--fcm-endpoint", &endpoint],
+        &[("PYRYCODE_RELAY_FCM_CREDENTIALS", &key)],
+    );
+    let mut binary = Ws::binary(relay.addr, "push-upgrade");
+    let wake = |token: &str| {
+        format!(r#"{{"push_wake":{{"platform":"fcm","token":"{token}"}}}}"#).into_bytes()
+    };
+    let exe = relay.exe.clone();
+
+    // FCM answers once the check has passed: the outcome comes before the exec.
+    binary.send_text(&wake("devtok-answered"));
+    let _in_flight = fcm.next_request();
+    install(&exe, Path::new(RELAY), b"\0first", 0o755);
+    relay.signal(libc::SIGUSR2);
+    relay.wait_count("upgrade_check_passed", 1);
+    held.lock().unwrap()[0].release();
+    let exec = relay.wait_count("upgrade_exec", 1);
+    assert!(exec.contains("push_wakes_abandoned=0"), "{exec}");
+    relay.wait_count("handover_restored", 1);
+    let log = relay.log_text();
+    let outcome = log
+        .find("push_wake_send_failed")
+        .expect("the outcome is logged");
+    assert!(outcome < log.find("upgrade_exec").unwrap(), "{log}");
+
+    // FCM never answers: the exec goes ahead after the second, counting it.
+    binary.send_text(&wake("devtok-stalled"));
+    let _stalled = fcm.next_request();
+    install(&exe, Path::new(RELAY), b"\0second", 0o755);
+    relay.signal(libc::SIGUSR2);
+    let exec = relay.wait_count("upgrade_exec", 2);
+    assert!(exec.contains("push_wakes_abandoned=1"), "{exec}");
+    relay.wait_count("handover_restored", 2);
+    assert_eq!(
+        relay.count("push_wake_send_failed"),
+        1,
+        "{}",
+        relay.log_text()
+    );
+
+    // The binary never noticed; the new image still sends wakes.
+    binary.send_text(&wake("devtok-after"));
+    relay.wait_for("push_wake_sent");
+    exchange_one(relay.addr, "push-upgrade-after");
 }
 
 #[test]
