@@ -31,19 +31,24 @@ use wss::{Ending, TlsClient};
 /// A relay whose test listener (`h.addr()`) wants a PROXY header.
 fn proxied(tweak: impl FnOnce(&mut Config)) -> Harness {
     let mut h = Harness::with_config(tweak);
-    let addr = h
-        .relay_mut()
-        .listen(Listen {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            origin: Origin::WebSocket,
-            recipe: Recipe {
-                proxy_protocol: true,
-                tls: None,
-            },
-        })
-        .unwrap();
+    let addr = listen_proxied(&mut h, None);
     h.set_addr(addr);
     h
+}
+
+/// Opens a WebSocket listener on `h` that wants a PROXY header, then TLS
+/// with `tls` if given; its address.
+fn listen_proxied(h: &mut Harness, tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
+    let recipe = Recipe {
+        proxy_protocol: true,
+        tls,
+    };
+    let listen = Listen {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        origin: Origin::WebSocket,
+        recipe,
+    };
+    h.relay_mut().listen(listen).expect("a PROXY listener")
 }
 
 /// The header a load balancer sends for a client at `source`.
@@ -285,17 +290,7 @@ fn proxied_tls(
     ca.issue(&["relay.test"]).write(&cert, &key);
     let resolver = Arc::new(CertResolver::from_files(cert, key).unwrap());
     let mut h = Harness::with_config(tweak);
-    let addr = h
-        .relay_mut()
-        .listen(Listen {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            origin: Origin::WebSocket,
-            recipe: Recipe {
-                proxy_protocol: true,
-                tls: Some(tls::server_config(resolver.clone())),
-            },
-        })
-        .unwrap();
+    let addr = listen_proxied(&mut h, Some(tls::server_config(resolver.clone())));
     h.relay_mut().serve_certificates(resolver, None);
     let client = client_config(ca.roots(), &[b"http/1.1"], &[&TLS13, &TLS12]);
     (h, addr, client)
