@@ -164,20 +164,40 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Writes the state into a sealed memfd that survives `execve`: no
-/// `MFD_CLOEXEC`, and sealed against writing, growing and shrinking, so
-/// the new image reads exactly what was written.
+/// Writes the state into a sealed memfd that survives `execve` (see
+/// [`state_file`] and [`seal_state`]).
 pub fn write_state(bytes: &[u8]) -> io::Result<OwnedFd> {
+    seal_state(state_file(0)?, bytes)
+}
+
+/// A memfd for the state that survives `execve` (no `MFD_CLOEXEC`), made
+/// ahead of the pause: `size_hint` bytes of it are allocated now
+/// (`fallocate`, best effort), so that writing the state costs the pause
+/// no page allocation.
+pub fn state_file(size_hint: usize) -> io::Result<File> {
     let name = c"pyrycode-relay-handover";
     // SAFETY: memfd_create with a static name; the result is checked.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    if let Ok(len) = libc::off_t::try_from(size_hint) {
+        if len > 0 {
+            // SAFETY: fallocate on the descriptor just created; a failure
+            // only means the pages are allocated when written.
+            unsafe { libc::fallocate(fd, 0, 0, len) };
+        }
+    }
     // SAFETY: a descriptor we just created and own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut file = File::from(fd);
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Writes `bytes` at the start of `file` (from [`state_file`]), cuts it to
+/// their length and seals it against writing, growing and shrinking, so
+/// the new image reads exactly what was written.
+pub fn seal_state(mut file: File, bytes: &[u8]) -> io::Result<OwnedFd> {
     file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl on a descriptor we own.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
@@ -334,6 +354,14 @@ mod tests {
         let value = OsString::from(raw.to_string());
         std::mem::forget(file); // read_state takes the descriptor over
         assert_eq!(read_state(&value).unwrap(), b"PYRYHOV1 some state");
+    }
+
+    #[test]
+    fn a_state_file_made_larger_ahead_holds_exactly_the_state() {
+        let fd = seal_state(state_file(1 << 20).unwrap(), b"PYRYHOV1 short").unwrap();
+        let value = OsString::from(fd.as_raw_fd().to_string());
+        std::mem::forget(fd); // read_state takes the descriptor over
+        assert_eq!(read_state(&value).unwrap(), b"PYRYHOV1 short");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! counted; any still in flight after it are counted in the
 //! `upgrade_exec` line as `push_wakes_abandoned`.
 
+use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Child;
@@ -39,12 +40,16 @@ use super::lifecycle::{Close, Conn, Origin, Phase};
 use super::Relay;
 use crate::handover::check::{judge, CHECK_DEADLINE};
 use crate::handover::exec::{
-    block_signals, monotonic_ns, restore_signals, set_inherited, write_state, Executable,
+    block_signals, monotonic_ns, restore_signals, seal_state, set_inherited, state_file, Executable,
 };
 use crate::handover::UpgradePlan;
+use crate::heap;
 
 /// How often a running upgrade is looked at.
 const STEP: Duration = Duration::from_millis(10);
+/// What one connection or slot takes in the encoded state, at most about
+/// (116 B measured at 10,000 connections), queued bytes aside.
+const ENCODED_PER_ENTRY: usize = 160;
 /// How long connections that cannot move get to send their 1001, and
 /// push wakes in flight get to finish.
 const LETTING_GO: Duration = Duration::from_secs(1);
@@ -64,6 +69,9 @@ pub(super) fn moving_fd(conn: &Conn) -> Option<RawFd> {
 pub(super) struct Upgrades {
     plan: Option<UpgradePlan>,
     state: Step,
+    /// The memfd the state will go into, its pages allocated once the
+    /// check passed ([`Relay::prepare_the_pause`]).
+    state_file: Option<File>,
 }
 
 #[derive(Default)]
@@ -197,6 +205,7 @@ impl Relay {
     /// head are dropped, WebSockets are closed 1001 "shutting down" — and
     /// waits, up to [`LETTING_GO`], for them and for push wakes in flight.
     fn let_go(&mut self, exe: Executable) {
+        self.prepare_the_pause();
         for handle in self.conns.handles() {
             let Some(conn) = self.conns.get(handle) else {
                 continue;
@@ -233,8 +242,31 @@ impl Relay {
             .count()
     }
 
+    /// Whether an upgrade has started and not ended (the memory trim waits
+    /// for it: it would give back the pages the pause is to use).
+    pub(super) fn upgrading(&self) -> bool {
+        !matches!(self.upgrade.state, Step::Idle)
+    }
+
+    /// Faults in, while the loop still serves, the memory the pause will
+    /// write: heap pages for the snapshot and its encoding, and the memfd's
+    /// pages. A first touch of a page costs microseconds on a VM, and the
+    /// snapshot of 10,000 connections touches ~1,600 of them.
+    fn prepare_the_pause(&mut self) {
+        let queued: usize = self
+            .conns
+            .iter()
+            .map(|conn| conn.pending_output() + conn.reader.pending_len())
+            .sum();
+        let entries = self.conns.len() + self.registry.slots().count();
+        let encoded = 4096 + entries * ENCODED_PER_ENTRY + queued;
+        heap::prefault(encoded * 6);
+        self.upgrade.state_file = state_file(encoded).ok();
+    }
+
     fn refuse(&mut self, why: &str) {
         self.upgrade.state = Step::Idle;
+        self.upgrade.state_file = None;
         warn!("upgrade_refused reason={why} note=\"serving on\"");
     }
 
@@ -264,7 +296,11 @@ impl Relay {
         }
         let bytes = snapshot.encode();
         let encoded = monotonic_ns();
-        let memfd = match write_state(&bytes) {
+        let file = match self.upgrade.state_file.take() {
+            Some(file) => Ok(file),
+            None => state_file(bytes.len()),
+        };
+        let memfd = match file.and_then(|file| seal_state(file, &bytes)) {
             Ok(memfd) => memfd,
             Err(err) => return err,
         };

@@ -16,6 +16,9 @@ use crate::heap;
 impl Relay {
     /// Trims idle capacity and returns free heap pages to the kernel.
     pub(super) fn trim_idle_memory(&mut self) {
+        if self.upgrading() {
+            return; // the pause is about to use what it would give back
+        }
         let pool_bytes = self.conns.pool.trim();
         self.timers.shrink();
         self.registry.shrink();
