@@ -299,7 +299,8 @@ fn measure(ctx: &Ctx, a: &BalancedArgs, s: Scenario, via: Via) -> Result<Row, St
         .map_err(|e| format!("generator: {e}"))?;
     let pids = (relay.pid(), lb.as_ref().and_then(Balancer::pid));
     let before = samples(pids.0, pids.1)?;
-    let result = populate(&mut gen, binaries, phones)
+    let result = gen
+        .connect_all(binaries, phones, Duration::from_secs(60))
         .and_then(|_| load(&mut gen, a, s, pids, before, binaries + phones));
     gen.abort_all();
     stop(relay, lb);
@@ -314,23 +315,6 @@ fn stop(relay: Running, lb: Option<Balancer>) {
         lb.stop();
     }
     relay.stop();
-}
-
-fn populate(gen: &mut Gen, binaries: usize, phones: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    gen.add_binaries(binaries);
-    gen.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
-    gen.add_phones(phones);
-    gen.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
-    if gen.open_binaries != binaries || gen.open_phones != phones {
-        return Err(format!(
-            "only {} of {binaries} binaries and {} of {phones} phones connected: {}",
-            gen.open_binaries,
-            gen.open_phones,
-            gen.errors.samples.join("; ")
-        ));
-    }
-    Ok(())
 }
 
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
