@@ -23,6 +23,7 @@
 //!   through a free list; the slab is freed only when it empties).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,28 @@ fn instant_of(epoch: Instant, tick: u64) -> Instant {
     epoch + Duration::from_nanos(tick * TICK.as_nanos() as u64)
 }
 
+/// What an `expire` at `now` sweeps on a wheel whose next tick is
+/// `next_tick`: `now`'s tick and the ticks up to it, at most one turn of
+/// the wheel; `None` while `now` is still before `next_tick`.
+fn ticks_due(epoch: Instant, next_tick: u64, now: Instant) -> Option<(u64, Range<u64>)> {
+    let now_tick = tick_floor(epoch, now);
+    if now_tick < next_tick {
+        return None;
+    }
+    let span = (now_tick - next_tick + 1).min(SLOTS as u64);
+    Some((now_tick, next_tick..next_tick + span))
+}
+
+/// The next deadline of a non-empty wheel: the first tick of the coming
+/// turn whose slot holds an entry due in that turn (`due_at(tick)`), or
+/// one whole turn on when none does.
+fn first_due(epoch: Instant, next_tick: u64, mut due_at: impl FnMut(u64) -> bool) -> Instant {
+    let tick = (next_tick..next_tick + SLOTS as u64)
+        .find(|&tick| due_at(tick))
+        .unwrap_or(next_tick + SLOTS as u64);
+    instant_of(epoch, tick)
+}
+
 /// The wheel of 4ec35aa: a vector per slot, never given back.
 struct Kept {
     epoch: Instant,
@@ -127,12 +150,10 @@ impl Wheel for Kept {
         self.len += 1;
     }
     fn expire(&mut self, now: Instant, fired: &mut Vec<Key>) {
-        let now_tick = tick_floor(self.epoch, now);
-        if now_tick < self.next_tick {
+        let Some((now_tick, ticks)) = ticks_due(self.epoch, self.next_tick, now) else {
             return;
-        }
-        let span = (now_tick - self.next_tick + 1).min(SLOTS as u64);
-        for tick in self.next_tick..self.next_tick + span {
+        };
+        for tick in ticks {
             let slot = &mut self.slots[(tick % SLOTS as u64) as usize];
             let mut i = 0;
             while i < slot.len() {
@@ -150,13 +171,10 @@ impl Wheel for Kept {
         if self.len == 0 {
             return None;
         }
-        for tick in self.next_tick..self.next_tick + SLOTS as u64 {
+        Some(first_due(self.epoch, self.next_tick, |tick| {
             let slot = &self.slots[(tick % SLOTS as u64) as usize];
-            if slot.iter().any(|(due, _)| *due <= tick) {
-                return Some(instant_of(self.epoch, tick));
-            }
-        }
-        Some(instant_of(self.epoch, self.next_tick + SLOTS as u64))
+            slot.iter().any(|(due, _)| *due <= tick)
+        }))
     }
 }
 
@@ -213,12 +231,10 @@ impl Wheel for Linked {
         self.len += 1;
     }
     fn expire(&mut self, now: Instant, fired: &mut Vec<Key>) {
-        let now_tick = tick_floor(self.epoch, now);
-        if now_tick < self.next_tick {
+        let Some((now_tick, ticks)) = ticks_due(self.epoch, self.next_tick, now) else {
             return;
-        }
-        let span = (now_tick - self.next_tick + 1).min(SLOTS as u64);
-        for tick in self.next_tick..self.next_tick + span {
+        };
+        for tick in ticks {
             let slot = (tick % SLOTS as u64) as usize;
             let mut prev = NIL;
             let mut at = self.heads[slot];
@@ -250,16 +266,16 @@ impl Wheel for Linked {
         if self.len == 0 {
             return None;
         }
-        for tick in self.next_tick..self.next_tick + SLOTS as u64 {
+        Some(first_due(self.epoch, self.next_tick, |tick| {
             let mut at = self.heads[(tick % SLOTS as u64) as usize];
             while at != NIL {
                 if self.nodes[at as usize].tick <= tick {
-                    return Some(instant_of(self.epoch, tick));
+                    return true;
                 }
                 at = self.nodes[at as usize].next;
             }
-        }
-        Some(instant_of(self.epoch, self.next_tick + SLOTS as u64))
+            false
+        }))
     }
 }
 

@@ -402,6 +402,31 @@ impl Gen {
         }
     }
 
+    /// Dials `binaries` binaries, then `phones` phones, running the loop
+    /// until each batch has connected (or an error came) for at most
+    /// `within` in all; fails unless every one opened, naming what did.
+    pub fn connect_all(
+        &mut self,
+        binaries: usize,
+        phones: usize,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        self.add_binaries(binaries);
+        self.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
+        self.add_phones(phones);
+        self.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
+        if self.open_binaries != binaries || self.open_phones != phones {
+            return Err(format!(
+                "only {} of {binaries} binaries and {} of {phones} phones connected: {}",
+                self.open_binaries,
+                self.open_phones,
+                self.errors.samples.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
     fn start_queued_connects(&mut self) {
         while self.pending_connects < MAX_PENDING_CONNECTS {
             let Some((index, binary)) = self.connect_queue.pop_front() else {

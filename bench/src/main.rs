@@ -153,6 +153,24 @@ struct Common {
     tls_ca: Option<PathBuf>,
 }
 
+/// The echo runs' phones and their closed loops, the same flags in
+/// `suite` and `balanced`.
+#[derive(Args, Debug)]
+pub(crate) struct EchoPopulation {
+    /// Phones of the echo runs (and of the suite's fanout run).
+    #[arg(long, default_value_t = 1000)]
+    pub phones: usize,
+    /// Phones per binary (the relay's per-server-id population).
+    #[arg(long, default_value_t = 16)]
+    pub phones_per_binary: usize,
+    /// Phone message size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Closed-loop runs: messages each phone keeps in flight (one run each).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub in_flight: Vec<usize>,
+}
+
 #[derive(Args, Debug)]
 struct SuiteArgs {
     #[command(flatten)]
@@ -163,18 +181,8 @@ struct SuiteArgs {
     /// Write the latency chart (SVG) here.
     #[arg(long, value_name = "FILE", default_value = "target/bench/latency.svg")]
     svg: PathBuf,
-    /// Phones of the echo, fanout runs.
-    #[arg(long, default_value_t = 1000)]
-    phones: usize,
-    /// Phones per binary (the relay's per-server-id population).
-    #[arg(long, default_value_t = 16)]
-    phones_per_binary: usize,
-    /// Phone message size in bytes.
-    #[arg(long, default_value_t = 256)]
-    size: usize,
-    /// Closed-loop in-flight counts of the echo runs.
-    #[arg(long, value_delimiter = ',', default_value = "1,8")]
-    in_flight: Vec<usize>,
+    #[command(flatten)]
+    echo: EchoPopulation,
     /// Open-loop total rates (echoes/s) of the latency chart.
     #[arg(long, value_delimiter = ',', default_value = "5000,10000,20000,30000")]
     rates: Vec<f64>,
@@ -863,18 +871,18 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 };
                 runner.pair(env, ha, |env, kind| {
                     let phones = if kind == Kind::Haproxy { ha_n } else { n };
-                    env.idle(kind, phones, a.phones_per_binary, a.hold)
+                    env.idle(kind, phones, a.echo.phones_per_binary, a.hold)
                 });
             }
             eprintln!("== echo, closed loop");
-            for &k in &a.in_flight {
+            for &k in &a.echo.in_flight {
                 runner.pair(env, ha, |env, kind| {
                     env.traffic(
                         kind,
                         false,
-                        a.phones,
-                        a.phones_per_binary,
-                        a.size,
+                        a.echo.phones,
+                        a.echo.phones_per_binary,
+                        a.echo.size,
                         Load::Closed(k),
                         a.warmup,
                         a.duration,
@@ -888,9 +896,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     env.traffic(
                         kind,
                         false,
-                        a.phones,
-                        a.phones_per_binary,
-                        a.size,
+                        a.echo.phones,
+                        a.echo.phones_per_binary,
+                        a.echo.size,
                         Load::Open(r),
                         warm,
                         a.open_duration,
@@ -904,7 +912,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                         kind,
                         false,
                         a.large_phones,
-                        a.phones_per_binary,
+                        a.echo.phones_per_binary,
                         a.large_size,
                         Load::Closed(a.large_in_flight.max(1)),
                         a.warmup,
@@ -918,7 +926,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     kind,
                     a.churn_concurrency,
                     4,
-                    a.size,
+                    a.echo.size,
                     a.warmup,
                     a.duration,
                     a.churn_rest,
@@ -930,9 +938,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     env.traffic(
                         kind,
                         true,
-                        a.phones,
-                        a.phones_per_binary,
-                        a.size,
+                        a.echo.phones,
+                        a.echo.phones_per_binary,
+                        a.echo.size,
                         Load::Closed(1),
                         a.warmup,
                         a.duration,
@@ -941,7 +949,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
             }
             let title = format!(
                 "echo round-trip latency vs offered load — {} phones, {} B; relay solid, HAProxy dashed",
-                a.phones, a.size
+                a.echo.phones, a.echo.size
             );
             let h = header(&setup);
             let code = finish(&setup, &runner, &h, Some(&a.svg), &title);

@@ -303,14 +303,29 @@ pub fn ratios(all: &[Measurement]) -> Vec<Value> {
     out
 }
 
+/// The idle run of `kind` with the most phones, from 5,000 up: the one a
+/// memory-per-connection target is judged on.
+fn largest_idle(all: &[Measurement], kind: Kind) -> Option<&Measurement> {
+    all.iter()
+        .filter(|m| m.scenario == "idle" && m.target == kind && m.phones >= 5000)
+        .max_by_key(|m| m.phones)
+}
+
+/// The echo run of `kind` with 256-byte messages and `in_flight` echoes
+/// outstanding per phone (closed loop): the one a CPU target is judged on.
+fn closed_echo_256(all: &[Measurement], kind: Kind, in_flight: usize) -> Option<&Measurement> {
+    all.iter().find(|m| {
+        m.scenario == "echo"
+            && m.target == kind
+            && m.size == 256
+            && matches!(m.load, Some(Load::Closed(n)) if n == in_flight)
+    })
+}
+
 /// The targets, judged on what was measured.
 pub fn targets(all: &[Measurement]) -> Vec<Value> {
     let mut out = Vec::new();
-    if let Some(m) = all
-        .iter()
-        .filter(|m| m.scenario == "idle" && m.target == Kind::Relay && m.phones >= 5000)
-        .max_by_key(|m| m.phones)
-    {
+    if let Some(m) = largest_idle(all, Kind::Relay) {
         let v = m.mem_per_conn().unwrap_or(f64::MAX);
         out.push(json!({
             "target": format!("idle memory per connection at {} phones ≤ 1,024 B", fmt_count(m.phones as f64)),
@@ -318,14 +333,7 @@ pub fn targets(all: &[Measurement]) -> Vec<Value> {
         }));
     }
     for k in [1usize, 8] {
-        let find = |kind: Kind| {
-            all.iter().find(|m| {
-                m.scenario == "echo"
-                    && m.target == kind
-                    && m.size == 256
-                    && matches!(m.load, Some(Load::Closed(n)) if n == k)
-            })
-        };
+        let find = |kind: Kind| closed_echo_256(all, kind, k);
         if let (Some(r), Some(h)) = (find(Kind::Relay), find(Kind::Haproxy)) {
             if let (Some(rc), Some(hc)) = (r.cpu_per_msg(), h.cpu_per_msg()) {
                 out.push(json!({
@@ -357,12 +365,10 @@ pub fn targets(all: &[Measurement]) -> Vec<Value> {
 /// HAProxy terminating TLS with the same certificate, same run.
 pub fn tls_targets(all: &[Measurement]) -> Vec<Value> {
     let mut out = Vec::new();
-    let largest_idle = |kind: Kind| {
-        all.iter()
-            .filter(|m| m.scenario == "idle" && m.target == kind && m.phones >= 5000)
-            .max_by_key(|m| m.phones)
-    };
-    if let (Some(r), Some(h)) = (largest_idle(Kind::Relay), largest_idle(Kind::Haproxy)) {
+    if let (Some(r), Some(h)) = (
+        largest_idle(all, Kind::Relay),
+        largest_idle(all, Kind::Haproxy),
+    ) {
         if let (Some(rm), Some(hm)) = (r.mem_per_conn(), h.mem_per_conn()) {
             out.push(json!({
                 "target": format!(
@@ -374,14 +380,7 @@ pub fn tls_targets(all: &[Measurement]) -> Vec<Value> {
         }
     }
     for k in [1usize, 8] {
-        let find = |kind: Kind| {
-            all.iter().find(|m| {
-                m.scenario == "echo"
-                    && m.target == kind
-                    && m.size == 256
-                    && matches!(m.load, Some(Load::Closed(n)) if n == k)
-            })
-        };
+        let find = |kind: Kind| closed_echo_256(all, kind, k);
         if let (Some(r), Some(h)) = (find(Kind::Relay), find(Kind::Haproxy)) {
             if let (Some(rc), Some(hc)) = (r.cpu_per_msg(), h.cpu_per_msg()) {
                 out.push(json!({

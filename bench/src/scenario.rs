@@ -559,15 +559,8 @@ impl Env {
         let w1 = Window::open(&running)?;
         gen.stop_sending();
         let stats = std::mem::replace(&mut gen.stats, crate::gen::Stats::new());
-        let errors = gen.errors.clone();
-        gen.abort_all();
-        let alive = running.alive();
-        let command = running.command.clone();
-        let tail = running.log_tail();
-        running.stop();
-        if !alive {
-            return Err(format!("{} died during the run:\n{tail}", kind.name()));
-        }
+        let (errors, command) = finish_run(&mut gen, running)
+            .map_err(|tail| format!("{} died during the run:\n{tail}", kind.name()))?;
         let secs = w1.proxy.at.duration_since(w0.proxy.at).as_secs_f64();
         let completed = stats.completed;
         let forwarded = if fanout { completed } else { completed * 2 };
@@ -654,15 +647,8 @@ impl Env {
             Kind::Url => Ok(None),
             _ => self.rest(&mut gen, running.pid(), rest).map(Some),
         };
-        let errors = gen.errors.clone();
-        gen.abort_all();
-        let alive = running.alive();
-        let command = running.command.clone();
-        let tail = running.log_tail();
-        running.stop();
-        if !alive {
-            return Err(format!("{} died during the run:\n{tail}", kind.name()));
-        }
+        let (errors, command) = finish_run(&mut gen, running)
+            .map_err(|tail| format!("{} died during the run:\n{tail}", kind.name()))?;
         let rest = rest?;
         let secs = w1.proxy.at.duration_since(w0.proxy.at).as_secs_f64();
         let (proxy_cpu_us, proxy_sched_us, proxy_cpu_pct) = cpu(&w0.proxy, &w1.proxy);
@@ -772,6 +758,24 @@ pub(crate) fn cpu(a: &ProcSample, b: &ProcSample) -> (u64, f64, f64) {
             0.0
         },
     )
+}
+
+/// Ends a measured run: keeps the generator's errors, drops its
+/// connections and stops the target. Returns the errors and the target's
+/// command line; or, when the target had died before the end, the tail of
+/// its log, for the caller to report.
+pub(crate) fn finish_run(gen: &mut Gen, mut running: Running) -> Result<(Errors, String), String> {
+    let errors = gen.errors.clone();
+    gen.abort_all();
+    let alive = running.alive();
+    let command = running.command.clone();
+    let tail = running.log_tail();
+    running.stop();
+    if alive {
+        Ok((errors, command))
+    } else {
+        Err(tail)
+    }
 }
 
 fn setup_error(gen: &Gen, running: &mut Running, what: &str, open: usize, wanted: usize) -> String {

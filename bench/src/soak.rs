@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::gen::{Errors, Mode};
-use crate::scenario::{cpu, fmt_count, sample, Env, Rest};
+use crate::scenario::{cpu, finish_run, fmt_count, sample, Env, Rest};
 use crate::target::Kind;
 
 /// What a soak run does.
@@ -294,15 +294,8 @@ impl Env {
         let last = sample(pid)?;
         gen.stop_sending();
         let rest = self.rest(&mut gen, pid, p.rest);
-        let errors = gen.errors.clone();
-        gen.abort_all();
-        let alive = running.alive();
-        let command = running.command.clone();
-        let tail = running.log_tail();
-        running.stop();
-        if !alive {
-            return Err(format!("relay died during the soak:\n{tail}"));
-        }
+        let (errors, command) = finish_run(&mut gen, running)
+            .map_err(|tail| format!("relay died during the soak:\n{tail}"))?;
         let points: Vec<(f64, u64)> = samples.iter().map(|s| (s.t_s, s.rss)).collect();
         Ok(Soak {
             params: p.clone(),

@@ -30,6 +30,9 @@ use crate::target::Running;
 /// Phones per binary, as in the other scenarios.
 const PHONES_PER_BINARY: usize = 16;
 
+/// How long the echo and the holding populations each have to connect.
+const POPULATE_WITHIN: Duration = Duration::from_secs(120);
+
 /// What one run is asked to do.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -102,22 +105,6 @@ fn generator(running: &Running, mode: Mode, size: usize, env: &Env) -> Result<Ge
     Gen::new(target, mode, size, env.sources.clone()).map_err(|e| format!("generator: {e}"))
 }
 
-/// Dials `binaries` then `phones`; fails unless every one opened.
-fn populate(gen: &mut Gen, binaries: usize, phones: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    gen.add_binaries(binaries);
-    gen.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
-    gen.add_phones(phones);
-    gen.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
-    if gen.open_binaries != binaries || gen.open_phones != phones {
-        return Err(format!(
-            "opened {} of {binaries} binaries and {} of {phones} phones: {:?}",
-            gen.open_binaries, gen.open_phones, gen.errors.samples
-        ));
-    }
-    Ok(())
-}
-
 /// The holders: a generator on its own thread that only keeps its
 /// connections (answering pings) until told to stop; returns how many
 /// it still had open, and its errors.
@@ -152,9 +139,9 @@ pub fn run(env: &mut Env, plan: &Plan) -> Result<Outcome, String> {
         plan.echo_phones
     );
     let mut echo = generator(&running, Mode::Echo, plan.size, env)?;
-    populate(&mut echo, echo_binaries, plan.echo_phones)?;
+    echo.connect_all(echo_binaries, plan.echo_phones, POPULATE_WITHIN)?;
     let mut hold = generator(&running, Mode::Idle, 64, env)?;
-    populate(&mut hold, hold_binaries, hold_phones)?;
+    hold.connect_all(hold_binaries, hold_phones, POPULATE_WITHIN)?;
     let held = hold_binaries + hold_phones;
     let stop = Arc::new(AtomicBool::new(false));
     let holders = spawn_holders(hold, stop.clone());

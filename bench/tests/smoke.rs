@@ -73,6 +73,55 @@ fn bench(args: &[&str]) -> (bool, String, String, Option<i32>) {
     )
 }
 
+/// Runs relay-bench with `args`, which must succeed; returns its stdout.
+fn bench_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr, _) = bench(args);
+    assert!(
+        ok,
+        "relay-bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+/// The results file a run wrote (`--json`).
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The directory of one test's files (results, chart, certificates),
+/// under the system's temp dir: removed when the test passes, kept for a
+/// look when it fails.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("relay-bench-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// `file` in the directory.
+    fn join(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Pings every 100 ms that must be answered within 400 ms: a simulated
+/// peer that did not answer would be closed 1011, which the generator
+/// counts as an error.
+const FAST_PINGS: &[&str] = &[
+    "--relay-arg=--ping-interval=100ms",
+    "--relay-arg=--pong-timeout=400ms",
+];
+
 fn haproxy_installed() -> bool {
     Command::new("haproxy")
         .arg("-v")
@@ -81,7 +130,8 @@ fn haproxy_installed() -> bool {
 }
 
 /// The flags of a tiny suite: 12 idle phones, 6 echoing phones for
-/// 0.6 s in closed and open loop, churn 4 at a time.
+/// 0.6 s in closed and open loop, churn 4 at a time (and the large-message
+/// echo run, unless `NO_LARGE` is added).
 const TINY_SUITE: &[&str] = &[
     "--quiet",
     "--idle-phones",
@@ -98,8 +148,6 @@ const TINY_SUITE: &[&str] = &[
     "4",
     "--churn-rest",
     "300ms",
-    "--large-size",
-    "0",
     "--duration",
     "600ms",
     "--open-duration",
@@ -112,21 +160,30 @@ const TINY_SUITE: &[&str] = &[
     "3",
 ];
 
+/// Skips the suite's large-message echo run.
+const NO_LARGE: &[&str] = &["--large-size", "0"];
+
+/// The run of `scenario` against `target` in a results file.
+fn run_of<'a>(doc: &'a Value, scenario: &str, target: &str) -> &'a Value {
+    doc["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["scenario"] == scenario && m["target"] == target)
+        .unwrap_or_else(|| panic!("no {scenario} run of {target} in {doc:#}"))
+}
+
 /// Every measurement of a results file, checked error-free and busy.
 fn check_runs(doc: &Value, target: &str, scenarios: &[&str]) {
-    let runs = doc["measurements"].as_array().unwrap();
     for scenario in scenarios {
-        let m = runs
-            .iter()
-            .find(|m| m["scenario"] == *scenario && m["target"] == target)
-            .unwrap_or_else(|| panic!("no {scenario} run of {target} in {doc:#}"));
+        let m = run_of(doc, scenario, target);
         if *scenario == "idle" {
             assert!(m["rss_connected_bytes"].as_u64().unwrap() > 0, "{m:#}");
         } else {
             assert!(m["completed"].as_u64().unwrap() > 0, "{m:#}");
         }
     }
-    for m in runs {
+    for m in doc["measurements"].as_array().unwrap() {
         assert_eq!(m["errors"], 0, "errors in {m:#}");
     }
 }
@@ -137,8 +194,7 @@ fn check_runs(doc: &Value, target: &str, scenarios: &[&str]) {
 fn every_scenario_runs_briefly_over_tls() {
     let _one = exclusive();
     let relay = relay_binary();
-    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("smoke-tls");
     let json = dir.join("tls.json");
     let svg = dir.join("tls.svg");
     let mut args = vec![
@@ -152,36 +208,27 @@ fn every_scenario_runs_briefly_over_tls() {
         svg.to_str().unwrap(),
         "--baseline",
         "auto",
-        "--relay-arg=--ping-interval=100ms",
-        "--relay-arg=--pong-timeout=400ms",
     ];
+    args.extend_from_slice(FAST_PINGS);
     args.extend_from_slice(TINY_SUITE);
-    let (ok, stdout, stderr, _) = bench(&args);
-    assert!(
-        ok,
-        "relay-bench --tls failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    args.extend_from_slice(NO_LARGE);
+    let stdout = bench_ok(&args);
     assert!(stdout.contains("## fanout"), "{stdout}");
-    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc = read_json(&json);
     assert_eq!(doc["machine"]["transport"], "tls");
     let mut targets = vec!["relay"];
     if haproxy_installed() {
         targets.push("haproxy");
     }
-    let runs = doc["measurements"].as_array().unwrap();
     for target in targets {
         check_runs(&doc, target, &["idle", "echo", "churn"]);
-        let churn = runs
-            .iter()
-            .find(|m| m["scenario"] == "churn" && m["target"] == target)
-            .unwrap();
+        let churn = run_of(&doc, "churn", target);
         assert!(
             churn["cpu_us_per_cycle"].as_f64().unwrap() > 0.0,
             "{churn:#}"
         );
         check_handshakes(&doc, target, churn["upgrades"].as_u64().unwrap());
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every connection to `target` did a full TLS 1.3 handshake with ALPN
@@ -263,8 +310,7 @@ impl Drop for RelayProcess {
 fn url_loads_a_relay_that_is_already_running() {
     let _one = exclusive();
     let relay = RelayProcess::start(&relay_binary(), None);
-    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-url-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("smoke-url");
     let json = dir.join("url.json");
     let svg = dir.join("url.svg");
     let url = format!("ws://{}", relay.addr);
@@ -278,13 +324,10 @@ fn url_loads_a_relay_that_is_already_running() {
         svg.to_str().unwrap(),
     ];
     args.extend_from_slice(TINY_SUITE);
-    let (ok, stdout, stderr, _) = bench(&args);
-    assert!(
-        ok,
-        "relay-bench --url failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    args.extend_from_slice(NO_LARGE);
+    let stdout = bench_ok(&args);
     assert!(stdout.contains("client-side figures only"), "{stdout}");
-    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc = read_json(&json);
     assert_eq!(doc["machine"]["url"], url.as_str());
     check_runs(&doc, "url", &["echo", "churn", "fanout"]);
     for m in doc["measurements"].as_array().unwrap() {
@@ -300,7 +343,6 @@ fn url_loads_a_relay_that_is_already_running() {
             assert!(m[proxy_figure].is_null(), "{proxy_figure} in {m:#}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--url wss://`: echo and churn against a relay serving TLS with a
@@ -308,8 +350,7 @@ fn url_loads_a_relay_that_is_already_running() {
 #[test]
 fn url_loads_a_relay_over_tls() {
     let _one = exclusive();
-    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-wss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("smoke-wss");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(&cert, certified.cert.pem()).unwrap();
@@ -338,9 +379,8 @@ fn url_loads_a_relay_over_tls() {
     let mut churn = vec!["churn", "--concurrency", "4"];
     churn.extend_from_slice(&common);
     for args in [echo, churn] {
-        let (ok, stdout, stderr, _) = bench(&args);
-        assert!(ok, "{args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-        let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        bench_ok(&args);
+        let doc = read_json(&json);
         assert_eq!(doc["machine"]["transport"], "tls");
         check_runs(&doc, "url", &[args[0]]);
         let m = &doc["measurements"][0];
@@ -359,8 +399,6 @@ fn url_loads_a_relay_over_tls() {
         "200ms",
     ]);
     assert!(!ok && stderr.contains("UnknownIssuer"), "{stderr}");
-    drop(relay);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What `--url` and `--tls` refuse, before any connection is made.
@@ -404,57 +442,26 @@ fn url_refusals_say_why() {
 fn every_scenario_runs_briefly_against_the_relay() {
     let _one = exclusive();
     let relay = relay_binary();
-    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("smoke");
     let json = dir.join("results.json");
     let svg = dir.join("latency.svg");
-    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
-        .arg("suite")
-        .arg("--relay")
-        .arg(&relay)
-        .args(["--baseline", "none", "--quiet"])
-        .args([
-            "--idle-phones",
-            "12",
-            "--phones",
-            "6",
-            "--phones-per-binary",
-            "3",
-        ])
-        .args([
-            "--in-flight",
-            "2",
-            "--rates",
-            "400",
-            "--churn-concurrency",
-            "4",
-            "--churn-rest",
-            "300ms",
-        ])
-        .args(["--duration", "600ms", "--open-duration", "500ms"])
-        .args(["--warmup", "200ms", "--hold", "200ms", "--sources", "3"])
-        // Pings every 100 ms that must be answered within 400 ms: a
-        // simulated peer that did not answer would be closed 1011, which
-        // the generator counts as an error.
-        .args([
-            "--relay-arg=--ping-interval=100ms",
-            "--relay-arg=--pong-timeout=400ms",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .expect("run relay-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "relay-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let mut args = vec![
+        "suite",
+        "--relay",
+        relay.to_str().unwrap(),
+        "--baseline",
+        "none",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(FAST_PINGS);
+    args.extend_from_slice(TINY_SUITE);
+    let stdout = bench_ok(&args);
     assert!(stdout.contains("## echo"), "{stdout}");
 
-    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc = read_json(&json);
     let runs = doc["measurements"].as_array().unwrap();
     let find = |scenario: &str, label_part: &str| -> &Value {
         runs.iter()
@@ -498,35 +505,31 @@ fn every_scenario_runs_briefly_against_the_relay() {
 
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("relay p99"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn fd_exhaustion_runs_briefly_against_the_relay() {
     let _one = exclusive();
     let relay = relay_binary();
-    let dir = std::env::temp_dir().join(format!("relay-bench-smoke-fd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("smoke-fd");
     let json = dir.join("fd.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
-        .arg("fd-exhaustion")
-        .arg("--relay")
-        .arg(&relay)
-        .args(["--quiet", "--fd-limit", "32", "--connections", "48"])
-        .args(["--duration", "300ms"])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run relay-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "relay-bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = bench_ok(&[
+        "fd-exhaustion",
+        "--relay",
+        relay.to_str().unwrap(),
+        "--quiet",
+        "--fd-limit",
+        "32",
+        "--connections",
+        "48",
+        "--duration",
+        "300ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(stdout.contains("## fd-exhaustion"), "{stdout}");
 
-    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc = read_json(&json);
     let m = &doc["measurements"][0];
     assert_eq!(m["scenario"], "fd-exhaustion", "{doc:#}");
     assert_eq!(m["params"]["fd_limit"], 32);
@@ -537,62 +540,46 @@ fn fd_exhaustion_runs_briefly_against_the_relay() {
     assert!(m["proxy_cpu_percent"].as_f64().unwrap() >= 0.0, "{m:#}");
     assert!(m["context_switches_per_s"].as_f64().is_some(), "{m:#}");
     assert!(m["resume_ms"].as_f64().unwrap() > 0.0, "{m:#}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_tiny_soak_samples_the_relay_under_its_mixed_load() {
     let _one = exclusive();
     let relay = relay_binary();
-    let dir = std::env::temp_dir().join(format!("relay-bench-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("soak");
     let json = dir.join("soak.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_relay-bench"))
-        .arg("soak")
-        .arg("--relay")
-        .arg(&relay)
-        .args([
-            "--quiet",
-            "--sources",
-            "3",
-            "--duration",
-            "1s",
-            "--interval",
-            "250ms",
-        ])
-        .args([
-            "--idle-phones",
-            "6",
-            "--echo-phones",
-            "3",
-            "--phones-per-binary",
-            "3",
-        ])
-        .args([
-            "--rate",
-            "200",
-            "--churn-concurrency",
-            "2",
-            "--churn-rate",
-            "40",
-        ])
-        .args(["--rest", "300ms"])
-        .args([
-            "--relay-arg=--ping-interval=100ms",
-            "--relay-arg=--pong-timeout=400ms",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run relay-bench soak");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "relay-bench soak failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let mut args = vec![
+        "soak",
+        "--relay",
+        relay.to_str().unwrap(),
+        "--quiet",
+        "--sources",
+        "3",
+        "--duration",
+        "1s",
+        "--interval",
+        "250ms",
+        "--idle-phones",
+        "6",
+        "--echo-phones",
+        "3",
+        "--phones-per-binary",
+        "3",
+        "--rate",
+        "200",
+        "--churn-concurrency",
+        "2",
+        "--churn-rate",
+        "40",
+        "--rest",
+        "300ms",
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(FAST_PINGS);
+    let stdout = bench_ok(&args);
     assert!(stdout.contains("## soak"), "{stdout}");
-    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let doc = read_json(&json);
     let soak = &doc["soak"];
     assert_eq!(soak["errors"], 0, "{soak:#}");
     assert_eq!(soak["params"]["binaries"], 3);
@@ -610,5 +597,4 @@ fn a_tiny_soak_samples_the_relay_under_its_mixed_load() {
     // A second of samples is too short for a verdict on the trend.
     assert_eq!(soak["trend"]["verdict"], "too short to judge");
     assert!(soak["rest"]["rss_bytes"].as_u64().unwrap() > 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,6 +27,7 @@ use super::procs::{self, Balancer, Listen};
 use crate::gen::{Gen, Mode, Target};
 use crate::sys::{self, ProcSample};
 use crate::target::{Launch, Running};
+use crate::EchoPopulation;
 
 #[derive(Args, Debug)]
 pub struct BalancedArgs {
@@ -36,18 +37,8 @@ pub struct BalancedArgs {
     /// The HAProxy executable.
     #[arg(long, default_value = "haproxy")]
     haproxy: String,
-    /// Phones of the echo runs.
-    #[arg(long, default_value_t = 1000)]
-    phones: usize,
-    /// Phones per binary.
-    #[arg(long, default_value_t = 16)]
-    phones_per_binary: usize,
-    /// Phone message size, bytes.
-    #[arg(long, default_value_t = 256)]
-    size: usize,
-    /// Closed-loop runs: messages each phone keeps in flight.
-    #[arg(long, value_delimiter = ',', default_value = "1,8")]
-    in_flight: Vec<usize>,
+    #[command(flatten)]
+    echo: EchoPopulation,
     /// Open-loop runs: echoes per second in total.
     #[arg(long, value_delimiter = ',', default_value = "5000")]
     rate: Vec<f64>,
@@ -103,8 +94,10 @@ impl Scenario {
     fn label(&self, a: &BalancedArgs) -> String {
         match self {
             Scenario::Idle(n) => format!("idle, {n} phones"),
-            Scenario::Closed(k) => format!("echo {} × {} B, {k} in flight", a.phones, a.size),
-            Scenario::Open(r) => format!("echo {} × {} B, {r:.0} /s", a.phones, a.size),
+            Scenario::Closed(k) => {
+                format!("echo {} × {} B, {k} in flight", a.echo.phones, a.echo.size)
+            }
+            Scenario::Open(r) => format!("echo {} × {} B, {r:.0} /s", a.echo.phones, a.echo.size),
             Scenario::Churn(c) => format!("churn, {c} at a time"),
         }
     }
@@ -209,7 +202,7 @@ fn scenarios(a: &BalancedArgs) -> Vec<Scenario> {
     if a.idle_phones > 0 {
         scenarios.push(Scenario::Idle(a.idle_phones));
     }
-    scenarios.extend(a.in_flight.iter().map(|&k| Scenario::Closed(k.max(1))));
+    scenarios.extend(a.echo.in_flight.iter().map(|&k| Scenario::Closed(k.max(1))));
     scenarios.extend(a.rate.iter().map(|&r| Scenario::Open(r.max(1.0))));
     if a.churn > 0 {
         scenarios.push(Scenario::Churn(a.churn));
@@ -276,17 +269,19 @@ fn measure(ctx: &Ctx, a: &BalancedArgs, s: Scenario, via: Via) -> Result<Row, St
     if via == Via::Haproxy && ctx.proxy {
         launch.relay_args.push("--proxy-protocol".into());
     }
-    let relay = launch.relay(a.phones_per_binary, &tag)?;
+    let relay = launch.relay(a.echo.phones_per_binary, &tag)?;
     let lb = match via {
         Via::Direct => None,
         Via::Haproxy => Some(start_balancer(ctx, relay.addr, &tag)?),
     };
     let addr = lb.as_ref().map_or(relay.addr, |l| l.addr);
     let (mode, phones, binaries) = match s {
-        Scenario::Idle(n) => (Mode::Idle, n, n.div_ceil(a.phones_per_binary)),
-        Scenario::Closed(_) | Scenario::Open(_) => {
-            (Mode::Echo, a.phones, a.phones.div_ceil(a.phones_per_binary))
-        }
+        Scenario::Idle(n) => (Mode::Idle, n, n.div_ceil(a.echo.phones_per_binary)),
+        Scenario::Closed(_) | Scenario::Open(_) => (
+            Mode::Echo,
+            a.echo.phones,
+            a.echo.phones.div_ceil(a.echo.phones_per_binary),
+        ),
         Scenario::Churn(_) => (Mode::Churn, 0, 4),
     };
     let target = Target {
@@ -295,11 +290,12 @@ fn measure(ctx: &Ctx, a: &BalancedArgs, s: Scenario, via: Via) -> Result<Row, St
         relay: true,
         tls: None,
     };
-    let mut gen = Gen::new(target, mode, a.size, ctx.sources.clone())
+    let mut gen = Gen::new(target, mode, a.echo.size, ctx.sources.clone())
         .map_err(|e| format!("generator: {e}"))?;
     let pids = (relay.pid(), lb.as_ref().and_then(Balancer::pid));
     let before = samples(pids.0, pids.1)?;
-    let result = populate(&mut gen, binaries, phones)
+    let result = gen
+        .connect_all(binaries, phones, Duration::from_secs(60))
         .and_then(|_| load(&mut gen, a, s, pids, before, binaries + phones));
     gen.abort_all();
     stop(relay, lb);
@@ -314,23 +310,6 @@ fn stop(relay: Running, lb: Option<Balancer>) {
         lb.stop();
     }
     relay.stop();
-}
-
-fn populate(gen: &mut Gen, binaries: usize, phones: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    gen.add_binaries(binaries);
-    gen.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
-    gen.add_phones(phones);
-    gen.run_until(deadline, |g| !g.connecting() || g.errors.count > 0);
-    if gen.open_binaries != binaries || gen.open_phones != phones {
-        return Err(format!(
-            "only {} of {binaries} binaries and {} of {phones} phones connected: {}",
-            gen.open_binaries,
-            gen.open_phones,
-            gen.errors.samples.join("; ")
-        ));
-    }
-    Ok(())
 }
 
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
