@@ -62,8 +62,8 @@ pub struct Outcome {
     pub closed: usize,
     pub errors: Vec<String>,
     pub load: String,
-    /// The relay's own account: its `upgrade_exec` and `handover_restored`
-    /// log lines (where the pause went).
+    /// The relay's own account: its `upgrade_prepared`, `upgrade_exec` and
+    /// `handover_restored` log lines (where the pause went).
     pub relay_lines: Vec<String>,
 }
 
@@ -182,7 +182,11 @@ pub fn run(env: &mut Env, plan: &Plan) -> Result<Outcome, String> {
         errors,
         relay_lines: log
             .lines()
-            .filter(|l| l.contains("upgrade_exec") || l.contains("handover_restored"))
+            .filter(|l| {
+                ["upgrade_prepared", "upgrade_exec", "handover_restored"]
+                    .iter()
+                    .any(|event| l.contains(event))
+            })
             .map(|l| l.split_once("] ").map_or(l, |(_, rest)| rest).to_string())
             .collect(),
         load: std::fs::read_to_string("/proc/loadavg")

@@ -260,8 +260,14 @@ impl Relay {
             .sum();
         let entries = self.conns.len() + self.registry.slots().count();
         let encoded = 4096 + entries * ENCODED_PER_ENTRY + queued;
+        let began = monotonic_ns();
         heap::prefault(encoded * 6);
         self.upgrade.state_file = state_file(encoded).ok();
+        info!(
+            "upgrade_prepared heap_bytes={} state_file_bytes={encoded} ms={:.3}",
+            encoded * 6,
+            (monotonic_ns() - began) as f64 / 1e6
+        );
     }
 
     fn refuse(&mut self, why: &str) {
